@@ -1,0 +1,3 @@
+"""fanout: a parallelism advisor for workflow engines."""
+
+__all__: list[str] = []
