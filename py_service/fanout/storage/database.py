@@ -1,0 +1,149 @@
+"""Database URLs and engines: one place that knows each backend's connection settings."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+
+from fanout.storage.errors import InvalidFieldError
+
+SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+# psycopg2-binary is the declared dependency; psycopg 3 works too when installed.
+POSTGRES_DRIVERS = ("psycopg2", "psycopg")
+
+# Execution option read by the SQLite "begin" hook: take the write lock up front.
+SQLITE_IMMEDIATE = "fanout_sqlite_immediate"
+
+
+def default_database_url(data_dir: Path | None = None) -> str:
+    """The SQLite file used when no URL is given: `<user data dir>/registry.sqlite3`."""
+    folder = data_dir if data_dir is not None else platformdirs.user_data_path("fanout")
+    return URL.create("sqlite", database=str(folder / "registry.sqlite3")).render_as_string()
+
+
+def parse_database_url(url: str) -> URL:
+    """Checks the URL and picks the PostgreSQL driver fanout ships with.
+
+    Plain `postgresql://` (and `postgres://`) mean psycopg2 here, because SQLAlchemy 2.1
+    would otherwise pick psycopg 3, which is not a dependency of fanout.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidFieldError("database_url", "must be a non-empty SQLAlchemy URL")
+    try:
+        parsed = make_url(url.strip())
+    except ArgumentError as exc:
+        raise InvalidFieldError("database_url", f"not a database URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgres":
+        parsed = parsed.set(drivername="postgresql")
+        backend = "postgresql"
+    if backend not in SUPPORTED_DIALECTS:
+        raise InvalidFieldError(
+            "database_url", f"unsupported database {backend!r}; use sqlite or postgresql"
+        )
+    if backend == "postgresql":
+        driver = parsed.get_driver_name() if "+" in parsed.drivername else "psycopg2"
+        if driver not in POSTGRES_DRIVERS:
+            raise InvalidFieldError(
+                "database_url", f"unsupported PostgreSQL driver {driver!r}; use psycopg2"
+            )
+        parsed = parsed.set(drivername=f"postgresql+{driver}")
+    elif parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed.query):
+        # Every pooled connection would see its own empty in-memory database.
+        raise InvalidFieldError("database_url", "in-memory SQLite is not supported; give a file")
+    return parsed
+
+
+def mask_url(url: URL | str) -> str:
+    """The URL as text with its password replaced by `***`."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    return parsed.render_as_string(hide_password=True)
+
+
+def migrate_command(url: URL | str) -> str:
+    """The shell command that brings the schema at `url` up to date (password masked)."""
+    return f"fanout migrate --database-url {shlex.quote(mask_url(url))}"
+
+
+def create_registry_engine(
+    url: URL,
+    *,
+    connect_timeout: float,
+    lock_timeout: float,
+    for_migrations: bool = False,
+) -> Engine:
+    """An engine with the per-backend settings the registry relies on.
+
+    `for_migrations`: no pool, and on SQLite foreign keys off, because batch migrations
+    copy and drop tables, and a DROP with foreign keys on would cascade into child rows;
+    its transactions take SQLite's write lock at BEGIN, so that servers migrating at
+    the same time run one after the other and the later ones find the work done.
+    """
+    pool_args: dict[str, Any] = (
+        {"poolclass": NullPool}
+        if for_migrations
+        else {"pool_pre_ping": True, "pool_timeout": max(connect_timeout, lock_timeout)}
+    )
+    if url.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(
+            url, lock_timeout=lock_timeout, foreign_keys=not for_migrations, pool_args=pool_args
+        )
+        if for_migrations:
+            return engine.execution_options(**{SQLITE_IMMEDIATE: True})
+        return engine
+    connect_args = {
+        # libpq counts whole seconds and treats anything below 2 as 2.
+        "connect_timeout": max(2, math.ceil(connect_timeout)),
+        "application_name": "fanout",
+        "options": f"-c lock_timeout={math.ceil(lock_timeout * 1000)}",
+        # Notice a server that vanished without closing the socket.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    return create_engine(url, connect_args=connect_args, **pool_args)
+
+
+def _sqlite_engine(
+    url: URL, *, lock_timeout: float, foreign_keys: bool, pool_args: dict[str, Any]
+) -> Engine:
+    database = url.database or ""
+    if not database.startswith("file:"):
+        # On failure, connecting reports a clearer error naming the file.
+        with suppress(OSError):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, connect_args={"timeout": lock_timeout, "check_same_thread": False}, **pool_args
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take transactions out of the sqlite3 module's hands, so that BEGIN is ours
+        # (and can be BEGIN IMMEDIATE) and DDL stays transactional.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={math.ceil(lock_timeout * 1000)}")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        # IMMEDIATE takes the single write lock now, not at the first write, so two
+        # read-modify-write transactions cannot both read the old state.
+        immediate = connection.get_execution_options().get(SQLITE_IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

@@ -1,0 +1,624 @@
+"""The registry: tasks, their observations and the leases that make up the cluster load.
+
+Every database access goes through `Registry._session`, the only place that commits or
+rolls back. Raw driver errors never leave this module: they become the errors of
+`fanout.storage.errors`.
+
+Retries are left to the caller: `task_transaction` runs the caller's code, which may
+have done things outside the database, so rerunning it here would not be safe. On
+PostgreSQL a serialization failure or deadlock surfaces as `TransactionConflictError`
+with nothing committed. (One task per transaction under `SELECT ... FOR UPDATE` at READ
+COMMITTED does not produce them in the registry's own use.)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Select, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session
+
+from fanout.storage import migrations
+from fanout.storage.database import (
+    SQLITE_IMMEDIATE,
+    create_registry_engine,
+    mask_url,
+    migrate_command,
+    parse_database_url,
+)
+from fanout.storage.errors import (
+    DuplicateExecutionError,
+    InvalidFieldError,
+    InvalidPageToken,
+    RegistryError,
+    RegistryUnavailableError,
+    StaleSchemaError,
+    TaskNotFoundError,
+    TransactionConflictError,
+)
+from fanout.storage.models import JsonDict, LeaseRow, ObservationRow, TaskRow
+from fanout.storage.records import (
+    LeaseRecord,
+    NewObservation,
+    ObservationRecord,
+    TaskRecord,
+    check_aware,
+    check_json_document,
+    check_lease_id,
+    check_name,
+    check_number,
+    check_parallelism,
+)
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_LOCK_TIMEOUT = 30.0
+
+# SQLSTATEs: 40001 serialization_failure, 40P01 deadlock_detected,
+# 55P03 lock_not_available (lock_timeout hit), 42P01 undefined_table.
+_CONFLICT_STATES = frozenset({"40001", "40P01"})
+_BUSY_STATES = frozenset({"55P03"})
+_MISSING_TABLE_STATES = frozenset({"42P01"})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Registry:
+    """Persistent store of tasks, observations and leases, shared by every server."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        """`lock_timeout`: seconds to wait for a task's write lock before giving up."""
+        self._url: URL = parse_database_url(url)
+        check_number("connect_timeout", connect_timeout, minimum=0.0, inclusive=False)
+        check_number("lock_timeout", lock_timeout, minimum=0.0, inclusive=False)
+        self.url: str = self._url.render_as_string(hide_password=False)
+        # For logs and messages: the URL with its password replaced by `***`.
+        self.safe_url: str = mask_url(self._url)
+        self.dialect: str = self._url.get_backend_name()
+        self._connect_timeout = connect_timeout
+        self._lock_timeout = lock_timeout
+        self._engine: Engine = create_registry_engine(
+            self._url, connect_timeout=connect_timeout, lock_timeout=lock_timeout
+        )
+        # SQLite allows one writer: write transactions take its lock at BEGIN.
+        self._write_engine: Engine = (
+            self._engine.execution_options(**{SQLITE_IMMEDIATE: True})
+            if self.dialect == "sqlite"
+            else self._engine
+        )
+
+    def __repr__(self) -> str:
+        return f"Registry({self.safe_url!r})"
+
+    # -- schema ---------------------------------------------------------------------
+
+    def ensure_schema(self, *, upgrade: bool) -> None:
+        """Checks the schema is at the shipped head; migrates it there when `upgrade`.
+
+        Raises `StaleSchemaError` (naming `fanout migrate`) when the schema is behind
+        and `upgrade` is False, or when the database is ahead of this fanout.
+        """
+        head = migrations.head_revision()
+        engine = create_registry_engine(
+            self._url,
+            connect_timeout=self._connect_timeout,
+            lock_timeout=max(self._lock_timeout, migrations.DEFAULT_LOCK_TIMEOUT),
+            for_migrations=True,
+        )
+        try:
+            with self._translate_errors():
+                current = migrations.current_revision_of(engine)
+                if current == head:
+                    return
+                if current is not None and not migrations.is_known_revision(current):
+                    raise StaleSchemaError(
+                        f"the registry at {self.safe_url} is at schema revision "
+                        f"{current!r}, newer than this fanout knows (it needs {head!r}); "
+                        "upgrade fanout",
+                        current=current,
+                        head=head,
+                    )
+                if not upgrade:
+                    found = "empty" if current is None else f"at revision {current!r}"
+                    raise StaleSchemaError(
+                        f"the registry schema at {self.safe_url} is {found}, this "
+                        f"fanout needs revision {head!r}; run: {migrate_command(self._url)}",
+                        current=current,
+                        head=head,
+                    )
+                migrations.upgrade_engine(engine, "head")
+        finally:
+            engine.dispose()
+
+    def dispose(self) -> None:
+        """Closes every pooled connection; the registry reconnects if used again."""
+        self._engine.dispose()
+
+    # -- reads ----------------------------------------------------------------------
+
+    def get_task(self, namespace: str, name: str) -> TaskRecord | None:
+        check_name("namespace", namespace)
+        check_name("name", name)
+        with self._session() as session:
+            row = session.scalars(_task_query(namespace, name)).one_or_none()
+            return None if row is None else TaskRecord.from_row(row)
+
+    def get_task_by_id(self, task_id: int) -> TaskRecord | None:
+        _check_task_id(task_id)
+        with self._session() as session:
+            row = session.get(TaskRow, task_id)
+            return None if row is None else TaskRecord.from_row(row)
+
+    def list_tasks(
+        self, *, namespace: str | None, page_size: int, page_token: str | None
+    ) -> tuple[list[TaskRecord], str | None]:
+        """One page of tasks ordered by (namespace, name), and the next page's token.
+
+        The token is opaque to callers and tied to the `namespace` filter it was issued
+        for; anything else raises `InvalidPageToken`.
+        """
+        if namespace is not None:
+            check_name("namespace", namespace)
+        if isinstance(page_size, bool) or not isinstance(page_size, int):
+            raise InvalidFieldError("page_size", f"must be an integer, got {page_size!r}")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidFieldError("page_size", f"must be in [1, {MAX_PAGE_SIZE}]")
+        query = select(TaskRow).order_by(TaskRow.namespace, TaskRow.name).limit(page_size + 1)
+        if namespace is not None:
+            query = query.where(TaskRow.namespace == namespace)
+        if page_token:
+            after_namespace, after_name = _decode_page_token(page_token, namespace)
+            query = query.where(
+                or_(
+                    TaskRow.namespace > after_namespace,
+                    and_(TaskRow.namespace == after_namespace, TaskRow.name > after_name),
+                )
+            )
+        with self._session() as session:
+            rows = list(session.scalars(query))
+        page = [TaskRecord.from_row(row) for row in rows[:page_size]]
+        next_token = None
+        if len(rows) > page_size:
+            last = page[-1]
+            next_token = _encode_page_token(namespace, last.namespace, last.name)
+        return page, next_token
+
+    def get_lease(self, lease_id: str) -> LeaseRecord | None:
+        check_lease_id("lease_id", lease_id)
+        with self._session() as session:
+            row = session.get(LeaseRow, lease_id)
+            return None if row is None else LeaseRecord.from_row(row)
+
+    def cluster_load(self, *, now: datetime | None = None) -> int:
+        """Sum of `parallelism` over open, unexpired leases of the whole registry (SPEC 6)."""
+        moment = utc_now() if now is None else check_aware("now", now)
+        query = select(func.coalesce(func.sum(LeaseRow.parallelism), 0)).where(
+            LeaseRow.closed_at.is_(None), LeaseRow.expires_at > moment
+        )
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
+
+    def purge_leases(self, *, before: datetime) -> int:
+        """Deletes leases closed or expired before `before`; returns how many."""
+        moment = check_aware("before", before)
+        statement = delete(LeaseRow).where(
+            or_(LeaseRow.closed_at < moment, LeaseRow.expires_at < moment)
+        )
+        with self._session(write=True) as session:
+            return _rowcount(session.execute(statement))
+
+    def observations(
+        self, task_id: int, *, limit: int | None = None, succeeded_only: bool = True
+    ) -> list[ObservationRecord]:
+        """The task's observations, oldest first; with `limit`, only the newest `limit`."""
+        query = _observations_query(task_id, limit=limit, succeeded_only=succeeded_only)
+        with self._session() as session:
+            rows = list(session.scalars(query))
+        return [ObservationRecord.from_row(row) for row in reversed(rows)]
+
+    def count_observations(
+        self, task_id: int | None = None, *, succeeded_only: bool = False
+    ) -> int:
+        """Observations of one task (or of every task when `task_id` is None)."""
+        query = select(func.count()).select_from(ObservationRow)
+        if task_id is not None:
+            query = query.where(ObservationRow.task_id == _check_task_id(task_id))
+        if succeeded_only:
+            query = query.where(ObservationRow.outcome == "succeeded")
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
+
+    def count_tasks(self, *, namespace: str | None = None) -> int:
+        query = select(func.count()).select_from(TaskRow)
+        if namespace is not None:
+            query = query.where(TaskRow.namespace == check_name("namespace", namespace))
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
+
+    # -- the write path ---------------------------------------------------------------
+
+    @contextmanager
+    def task_transaction(
+        self, namespace: str, name: str, *, create_config: JsonDict | None = None
+    ) -> Iterator[TaskTransaction]:
+        """One transaction holding the task's write lock until the block ends.
+
+        Creates the task (empty state, version 1) when it is missing and
+        `create_config` is given; otherwise a missing task raises `TaskNotFoundError`.
+        Commits when the block ends normally, rolls back when it raises.
+        """
+        check_name("namespace", namespace)
+        check_name("name", name)
+        config = None if create_config is None else check_json_document("config", create_config)
+        with self._session(write=True) as session:
+            with self._translate_errors():
+                row, created = self._lock_task(session, namespace, name, config)
+            transaction = TaskTransaction(self, session, row, created=created)
+            try:
+                yield transaction
+            finally:
+                transaction._closed = True
+
+    def _lock_task(
+        self, session: Session, namespace: str, name: str, config: JsonDict | None
+    ) -> tuple[TaskRow, bool]:
+        # FOR UPDATE is a no-op on SQLite, where BEGIN IMMEDIATE already holds the lock.
+        locking_query = _task_query(namespace, name).with_for_update()
+        row = session.scalars(locking_query).one_or_none()
+        if row is not None:
+            return row, False
+        if config is None:
+            raise TaskNotFoundError(namespace, name)
+        now = utc_now()
+        # ON CONFLICT DO NOTHING: a concurrent creator wins quietly and we lock its row.
+        inserted = session.execute(
+            self._insert(TaskRow)
+            .values(
+                namespace=namespace,
+                name=name,
+                config=config,
+                state={},
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["namespace", "name"])
+        )
+        created = _rowcount(inserted) == 1
+        row = session.scalars(locking_query).one()
+        return row, created
+
+    def _insert(self, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
+        if self.dialect == "postgresql":
+            return postgresql.insert(model)
+        return sqlite.insert(model)
+
+    # -- the transaction scope ----------------------------------------------------------
+
+    @contextmanager
+    def _session(self, *, write: bool = False) -> Iterator[Session]:
+        """The one transaction scope: commits on success, rolls back on any exception."""
+        session = Session(
+            self._write_engine if write else self._engine,
+            expire_on_commit=False,
+            autoflush=False,
+        )
+        try:
+            with self._translate_errors():
+                session.begin()
+            try:
+                yield session
+            except SQLAlchemyError as exc:
+                # Only database errors: the caller's own exceptions pass unchanged.
+                raise self._translate(exc) from exc
+            with self._translate_errors():
+                session.commit()
+        except BaseException:
+            _rollback_quietly(session)
+            raise
+        finally:
+            _close_quietly(session)
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except RegistryError:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: BaseException) -> RegistryError:
+        where = self.safe_url
+        original = exc.orig if isinstance(exc, DBAPIError) else exc
+        state = _sqlstate(original)
+        detail = _first_line(original)
+        if state in _CONFLICT_STATES:
+            return TransactionConflictError(f"transaction aborted by {where}: {detail}")
+        if state in _BUSY_STATES or "database is locked" in detail:
+            return RegistryUnavailableError(f"registry at {where} is busy: {detail}")
+        if state in _MISSING_TABLE_STATES or "no such table" in detail:
+            return StaleSchemaError(
+                f"the registry at {where} has no schema ({detail}); run: "
+                f"{migrate_command(self._url)}",
+                current=None,
+                head=None,
+            )
+        if isinstance(exc, IntegrityError):
+            return RegistryError(f"constraint violated in the registry at {where}: {detail}")
+        if isinstance(
+            exc,
+            OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError | OSError,
+        ) or _is_driver_connection_error(original):
+            return RegistryUnavailableError(f"registry at {where} unavailable: {detail}")
+        return RegistryError(f"registry at {where} failed: {detail}")
+
+
+class TaskTransaction:
+    """The write operations allowed while one task's lock is held.
+
+    Valid only inside its `task_transaction` block.
+    """
+
+    def __init__(
+        self, registry: Registry, session: Session, row: TaskRow, *, created: bool
+    ) -> None:
+        self._registry = registry
+        self._session = session
+        self._row = row
+        self._closed = False
+        self.record: TaskRecord = TaskRecord.from_row(row)
+        self.created: bool = created
+
+    def find_observation(self, execution_id: str) -> ObservationRecord | None:
+        check_name("execution_id", execution_id)
+        self._check_open()
+        query = select(ObservationRow).where(
+            ObservationRow.task_id == self.record.id,
+            ObservationRow.execution_id == execution_id,
+        )
+        with self._registry._translate_errors():
+            row = self._session.scalars(query).one_or_none()
+        return None if row is None else ObservationRecord.from_row(row)
+
+    def add_observation(self, observation: NewObservation) -> ObservationRecord:
+        """Stores one report; a repeated execution id raises `DuplicateExecutionError`.
+
+        ON CONFLICT DO NOTHING instead of catching IntegrityError: on PostgreSQL a failed
+        INSERT would abort the whole transaction.
+        """
+        if not isinstance(observation, NewObservation):
+            raise InvalidFieldError("observation", "must be a NewObservation")
+        self._check_open()
+        statement = (
+            self._registry._insert(ObservationRow)
+            .values(
+                task_id=self.record.id,
+                execution_id=observation.execution_id,
+                workflow=observation.workflow,
+                task=observation.task,
+                recommendation_id=observation.recommendation_id,
+                parallelism=observation.parallelism,
+                input_size=_optional_float(observation.input_size),
+                cluster_load=float(observation.cluster_load),
+                duration_seconds=float(observation.duration_seconds),
+                startup_seconds=_optional_float(observation.startup_seconds),
+                outcome=observation.outcome,
+                created_at=observation.created_at or utc_now(),
+            )
+            .on_conflict_do_nothing(index_elements=["task_id", "execution_id"])
+            .returning(ObservationRow)
+        )
+        with self._registry._translate_errors():
+            row = self._session.scalars(statement).one_or_none()
+        if row is None:
+            raise DuplicateExecutionError(observation.execution_id)
+        return ObservationRecord.from_row(row)
+
+    def observations(
+        self, *, limit: int | None, succeeded_only: bool = True
+    ) -> list[ObservationRecord]:
+        """This task's observations as this transaction sees them, oldest first."""
+        self._check_open()
+        query = _observations_query(self.record.id, limit=limit, succeeded_only=succeeded_only)
+        with self._registry._translate_errors():
+            rows = list(self._session.scalars(query))
+        return [ObservationRecord.from_row(row) for row in reversed(rows)]
+
+    def delete_observations(self) -> int:
+        """Forgets the task's history (ResetTask with forget_history); returns the count."""
+        self._check_open()
+        statement = delete(ObservationRow).where(ObservationRow.task_id == self.record.id)
+        with self._registry._translate_errors():
+            return _rowcount(self._session.execute(statement))
+
+    def open_lease(
+        self,
+        lease_id: str,
+        *,
+        parallelism: int,
+        cluster_load: float,
+        input_size: float | None,
+        expires_at: datetime,
+    ) -> LeaseRecord:
+        """Records a recommendation in flight for this task (SPEC section 6)."""
+        check_lease_id("lease_id", lease_id)
+        check_parallelism("parallelism", parallelism)
+        check_number("cluster_load", cluster_load, minimum=0.0, inclusive=True)
+        if input_size is not None:
+            check_number("input_size", input_size, minimum=0.0, inclusive=False)
+        check_aware("expires_at", expires_at)
+        self._check_open()
+        statement = (
+            self._registry._insert(LeaseRow)
+            .values(
+                id=lease_id,
+                task_id=self.record.id,
+                parallelism=parallelism,
+                cluster_load=float(cluster_load),
+                input_size=_optional_float(input_size),
+                created_at=utc_now(),
+                expires_at=expires_at,
+                closed_at=None,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(LeaseRow)
+        )
+        with self._registry._translate_errors():
+            row = self._session.scalars(statement).one_or_none()
+        if row is None:
+            raise InvalidFieldError("lease_id", f"{lease_id!r} is already in use")
+        return LeaseRecord.from_row(row)
+
+    def close_lease(self, lease_id: str, *, now: datetime) -> bool:
+        """Closes a lease of any task; False when it is unknown or already closed."""
+        check_lease_id("lease_id", lease_id)
+        check_aware("now", now)
+        self._check_open()
+        statement = (
+            update(LeaseRow)
+            .where(LeaseRow.id == lease_id, LeaseRow.closed_at.is_(None))
+            .values(closed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        with self._registry._translate_errors():
+            return _rowcount(self._session.execute(statement)) == 1
+
+    def save(self, *, config: JsonDict | None = None, state: JsonDict | None = None) -> TaskRecord:
+        """Writes what is given and bumps the version by one; returns the task as saved."""
+        new_config = None if config is None else check_json_document("config", config)
+        new_state = None if state is None else check_json_document("state", state)
+        self._check_open()
+        if new_config is not None:
+            self._row.config = new_config
+        if new_state is not None:
+            self._row.state = new_state
+        self._row.version += 1
+        self._row.updated_at = utc_now()
+        with self._registry._translate_errors():
+            self._session.flush()
+        return TaskRecord.from_row(self._row)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the task transaction has ended; open a new one")
+
+
+def _task_query(namespace: str, name: str) -> Select[TaskRow]:
+    return select(TaskRow).where(TaskRow.namespace == namespace, TaskRow.name == name)
+
+
+def _observations_query(
+    task_id: int, *, limit: int | None, succeeded_only: bool
+) -> Select[ObservationRow]:
+    """Newest first; callers reverse, so that `limit` keeps the newest rows."""
+    query = (
+        select(ObservationRow)
+        .where(ObservationRow.task_id == _check_task_id(task_id))
+        .order_by(ObservationRow.seq.desc())
+    )
+    if succeeded_only:
+        query = query.where(ObservationRow.outcome == "succeeded")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidFieldError("limit", f"must be a non-negative integer, got {limit!r}")
+        query = query.limit(limit)
+    return query
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _check_task_id(task_id: object) -> int:
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        raise InvalidFieldError("task_id", f"must be an integer, got {task_id!r}")
+    return task_id
+
+
+def _encode_page_token(namespace_filter: str | None, namespace: str, name: str) -> str:
+    payload = json.dumps([namespace_filter, namespace, name], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, namespace_filter: str | None) -> tuple[str, str]:
+    if not isinstance(token, str) or len(token) > 4 * MAX_PAGE_SIZE:
+        raise InvalidPageToken("not a token issued by this registry")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        decoded = json.loads(raw.decode())
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidPageToken("not a token issued by this registry") from exc
+    if (
+        not isinstance(decoded, list)
+        or len(decoded) != 3
+        or not all(isinstance(part, str) for part in decoded[1:])
+        or not (decoded[0] is None or isinstance(decoded[0], str))
+    ):
+        raise InvalidPageToken("not a token issued by this registry")
+    if decoded[0] != namespace_filter:
+        raise InvalidPageToken("issued for a different namespace filter")
+    return decoded[1], decoded[2]
+
+
+def _sqlstate(error: BaseException | None) -> str | None:
+    # psycopg2 calls it pgcode, psycopg 3 sqlstate.
+    for attribute in ("pgcode", "sqlstate"):
+        value = getattr(error, attribute, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _is_driver_connection_error(error: BaseException | None) -> bool:
+    module = type(error).__module__
+    name = type(error).__name__
+    return module.startswith(("psycopg", "sqlite3")) and name in (
+        "OperationalError",
+        "InterfaceError",
+    )
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _rowcount(result: Any) -> int:
+    count = getattr(result, "rowcount", 0)
+    return int(count) if isinstance(count, int) else 0
+
+
+def _rollback_quietly(session: Session) -> None:
+    # The connection may be gone; the original error is the one worth raising.
+    with suppress(SQLAlchemyError, OSError):
+        session.rollback()
+
+
+def _close_quietly(session: Session) -> None:
+    with suppress(SQLAlchemyError, OSError):
+        session.close()
