@@ -1,0 +1,75 @@
+"""`fanout`: the server's command line (serve, migrate, simulate)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fanout.settings import add_server_arguments, settings_from
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from fanout.server.app import serve
+    from fanout.server.logs import configure_logging
+
+    settings = settings_from(args)
+    configure_logging(settings.log_format, settings.log_level)
+    serve(settings)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from fanout.settings import settings_from
+    from fanout.storage import Registry, default_database_url
+
+    settings = settings_from(args)
+    url = settings.database_url or default_database_url()
+    registry = Registry(url)
+    try:
+        registry.ensure_schema(upgrade=True)
+        print(f"registry at {registry.safe_url} is at the newest schema")
+    finally:
+        registry.dispose()
+    return 0
+
+
+def _simulate(argv: list[str]) -> int:
+    from fanout.sim.cli import main as simulate_main
+
+    return simulate_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanout",
+        description="Parallelism advisor for workflow engines: the server and its tools.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    add_server_arguments(serve)
+    serve.set_defaults(handler=_serve)
+    migrate = commands.add_parser("migrate", help="upgrade the registry schema to the newest")
+    migrate.add_argument("--database-url", help="SQLAlchemy URL (default: the SQLite file)")
+    migrate.set_defaults(handler=_migrate)
+    commands.add_parser(
+        "simulate",
+        help="compare fanout with baselines on a simulated cluster (see `fanout simulate -h`)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["simulate"]:
+        return _simulate(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""The advisor: the engine and the registry joined, with no gRPC in sight.
+
+Every write for one task happens inside that task's registry transaction, so the
+stored state always equals a serial replay of the stored observations in commit
+order. GP hyper-parameters are re-optimised off the request path (`RefitQueue`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fanout.engine import ConfigError, Decision, Observation, TaskConfig, TaskModel
+from fanout.storage import (
+    LeaseRecord,
+    NewObservation,
+    Registry,
+    TaskRecord,
+    TaskTransaction,
+)
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 253  # a Kubernetes object name's limit, so any namespace or workflow fits
+
+
+class NotFoundError(LookupError):
+    """A named thing (task, recommendation) does not exist; `field` names the request field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.description = message
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """Which task a request is about; `model_name` is the registry row it learns in."""
+
+    namespace: str
+    workflow: str
+    task: str
+    model_key: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.model_key or f"{self.workflow}/{self.task}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecommendParams:
+    input_size: float | None = None
+    cluster_load: float | None = None
+    min_parallelism: int | None = None
+    max_parallelism: int | None = None
+    urgency: float | None = None
+    resource_exponent: float | None = None
+    deadline_seconds: float | None = None
+    confidence: float | None = None
+    strategy: str | None = None
+    lease_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    recommendation_id: str
+    decision: Decision
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    execution_id: str
+    duration_seconds: float
+    succeeded: bool = True
+    input_size: float | None = None
+    startup_seconds: float | None = None
+    recommendation_id: str | None = None
+    task: TaskRef | None = None
+    parallelism: int | None = None
+    cluster_load: float | None = None
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    applied: bool
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    record: TaskRecord
+    config: TaskConfig
+    summary: dict[str, Any]
+
+
+class ModelCache:
+    """Parsed models by registry row, reused while the row's version is unchanged."""
+
+    def __init__(self) -> None:
+        self._models: dict[int, tuple[int, TaskModel]] = {}
+        self._lock = threading.Lock()
+
+    def snapshot(self, record: TaskRecord) -> TaskModel:
+        """The model as stored in `record`; callers must not mutate it."""
+        with self._lock:
+            cached = self._models.get(record.id)
+        if cached is not None and cached[0] == record.version:
+            return cached[1]
+        return TaskModel.from_dicts(record.config, record.state or None)
+
+    def writable(self, record: TaskRecord) -> TaskModel:
+        """A private copy to change inside a transaction; a rollback then leaves
+        the cached snapshot as it was."""
+        return self.snapshot(record).clone()
+
+    def remember(self, record: TaskRecord, model: TaskModel) -> None:
+        with self._lock:
+            self._models[record.id] = (record.version, model)
+
+    def forget(self, task_id: int) -> None:
+        with self._lock:
+            self._models.pop(task_id, None)
+
+
+class RefitQueue:
+    """Re-optimises GP hyper-parameters in the background, one task at a time each.
+
+    A refit is computed outside any lock and stored only if no report moved the
+    task on meanwhile; a later report refits first anyway (`TaskModel.observe`).
+    """
+
+    def __init__(self, advisor: Advisor, *, workers: int = 1) -> None:
+        self._advisor = advisor
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refit")
+        self._pending: set[int] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self.fit_seconds: Callable[[float], None] = lambda _: None
+
+    def submit(self, record: TaskRecord) -> None:
+        with self._lock:
+            if record.id in self._pending:
+                return
+            self._pending.add(record.id)
+        self._pool.submit(self._run, record.namespace, record.name, record.id)
+
+    def _run(self, namespace: str, name: str, task_id: int) -> None:
+        with self._lock:
+            self._pending.discard(task_id)
+        try:
+            self._advisor.refit(namespace, name)
+        except Exception:
+            # The next report refits synchronously, so a lost refit costs latency only.
+            log.exception("background refit failed for %s/%s", namespace, name)
+        finally:
+            with self._lock:
+                if not self._pending:
+                    self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """For tests and shutdown: wait until no refit is queued."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        self._pool.submit(lambda: None).result(timeout=max(0.0, deadline - time.monotonic()))
+        return True
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Advisor:
+    """Recommend, report and manage tasks against one registry."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        default_config: TaskConfig | None = None,
+        background_refit: bool = True,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.registry = registry
+        self.default_config = default_config or TaskConfig()
+        self.clock = clock
+        self.models = ModelCache()
+        self.refits = RefitQueue(self) if background_refit else None
+
+    @contextmanager
+    def _task(self, ref: TaskRef, *, create: bool) -> Iterator[tuple[TaskTransaction, TaskModel]]:
+        create_config = self.default_config.to_dict() if create else None
+        with self.registry.task_transaction(
+            ref.namespace, ref.model_name, create_config=create_config
+        ) as tx:
+            yield tx, self.models.writable(tx.record)
+
+    def _after_write(self, record: TaskRecord, model: TaskModel) -> None:
+        self.models.remember(record, model)
+        if model.needs_refit:
+            if self.refits is not None:
+                self.refits.submit(record)
+            else:
+                self.refit(record.namespace, record.name)
+
+    def recommend(self, ref: TaskRef, params: RecommendParams) -> Recommendation:
+        """SPEC 5 and 6: decide, open a lease, store the re-probe counters."""
+        load = params.cluster_load
+        if load is None:
+            load = float(self.registry.cluster_load(now=self.clock()))
+        with self._task(ref, create=True) as (tx, model):
+            decision = model.decide(
+                input_size=params.input_size,
+                cluster_load=load,
+                urgency=params.urgency,
+                resource_exponent=params.resource_exponent,
+                deadline_seconds=params.deadline_seconds,
+                confidence=params.confidence,
+                min_parallelism=params.min_parallelism,
+                max_parallelism=params.max_parallelism,
+                strategy=params.strategy,
+            )
+            lease_seconds = params.lease_seconds or model.config.lease_seconds
+            expires = self.clock() + timedelta(seconds=lease_seconds)
+            lease_id = str(uuid.uuid4())
+            tx.open_lease(
+                lease_id,
+                parallelism=decision.parallelism,
+                cluster_load=load,
+                input_size=params.input_size,
+                expires_at=expires,
+            )
+            record = tx.save(state=model.state_dict())
+        self.models.remember(record, model)
+        return Recommendation(lease_id, decision, expires)
+
+    def report(self, report: Report) -> ReportOutcome:
+        """SPEC 4: store the run once (by execution id) and learn from it."""
+        lease: LeaseRecord | None = None
+        if report.recommendation_id is not None:
+            lease = self.registry.get_lease(report.recommendation_id)
+            if lease is None:
+                raise NotFoundError(
+                    "recommendation_id", f"no recommendation {report.recommendation_id!r}"
+                )
+            record = self.registry.get_task_by_id(lease.task_id)
+            if record is None:
+                raise NotFoundError("recommendation_id", "the recommendation's task is gone")
+            ref = TaskRef(record.namespace, "", "", model_key=record.name)
+            workflow, _, task = record.name.partition("/")
+        else:
+            assert report.task is not None and report.parallelism is not None
+            ref = report.task
+            workflow, task = ref.workflow, ref.task
+        now = self.clock()
+        with self._task(ref, create=lease is None) as (tx, model):
+            existing = tx.find_observation(report.execution_id)
+            if existing is not None:
+                return ReportOutcome(False, model.summary())
+            if lease is not None:
+                tx.close_lease(lease.id, now=now)
+            parallelism = lease.parallelism if lease is not None else report.parallelism
+            assert parallelism is not None
+            load = report.cluster_load
+            if load is None:
+                load = lease.cluster_load if lease is not None else 0.0
+            size = report.input_size
+            if size is None and lease is not None:
+                size = lease.input_size
+            observation = Observation(
+                parallelism=parallelism,
+                duration_seconds=report.duration_seconds,
+                input_size=size,
+                cluster_load=load,
+                startup_seconds=report.startup_seconds,
+            )
+            tx.add_observation(
+                NewObservation(
+                    execution_id=report.execution_id,
+                    workflow=report.task.workflow if report.task else workflow,
+                    task=report.task.task if report.task else task,
+                    recommendation_id=report.recommendation_id,
+                    parallelism=parallelism,
+                    input_size=size,
+                    cluster_load=load,
+                    duration_seconds=report.duration_seconds,
+                    startup_seconds=report.startup_seconds,
+                    outcome="succeeded" if report.succeeded else "failed",
+                    created_at=now,
+                )
+            )
+            if report.succeeded:
+                # A failed run closes its lease but teaches nothing (its time is not
+                # the task's time at that width).
+                model.observe(observation, refit=False)
+                record = tx.save(state=model.state_dict())
+            else:
+                record = tx.record
+        self._after_write(record, model)
+        return ReportOutcome(True, model.summary())
+
+    def refit(self, namespace: str, name: str) -> None:
+        """Re-optimise one task's GP and store it if nothing moved on meanwhile."""
+        record = self.registry.get_task(namespace, name)
+        if record is None:
+            return
+        model = TaskModel.from_dicts(record.config, record.state or None)
+        if not model.needs_refit:
+            return
+        started = time.perf_counter()
+        model.refit()
+        if self.refits is not None:
+            self.refits.fit_seconds(time.perf_counter() - started)
+        with self.registry.task_transaction(namespace, name) as tx:
+            current = tx.record
+            stored = TaskModel.from_dicts(current.config, current.state or None)
+            if stored.state.version != model.state.version or not stored.needs_refit:
+                return
+            # Only the GP fields are taken: decisions made meanwhile moved the
+            # re-probe counters, which the refit must not roll back.
+            stored.state.gp_theta = model.state.gp_theta
+            stored.state.gp_version = model.state.gp_version
+            saved = tx.save(state=stored.state_dict())
+        self.models.remember(saved, stored)
+
+    def predict(
+        self, ref: TaskRef, rows: list[tuple[int, float | None, float | None]]
+    ) -> tuple[list[tuple[float, float]], int]:
+        """What-if predictions; rows are (s, input_size, cluster_load)."""
+        import numpy as np
+
+        record = self._existing(ref)
+        model = self.models.snapshot(record)
+        s = np.array([float(r[0]) for r in rows])
+        gamma = np.array([model.gamma_of(r[1])[0] for r in rows])
+        load = np.array([0.0 if r[2] is None else float(r[2]) for r in rows])
+        mean, sd = model.predict(s, gamma, load)
+        return list(zip(mean.tolist(), sd.tolist(), strict=True)), model.state.version
+
+    def _existing(self, ref: TaskRef) -> TaskRecord:
+        record = self.registry.get_task(ref.namespace, ref.model_name)
+        if record is None:
+            raise NotFoundError("task", f"no task {ref.namespace}/{ref.model_name}")
+        return record
+
+    def view(self, record: TaskRecord) -> TaskView:
+        model = self.models.snapshot(record)
+        return TaskView(record, model.config, model.summary())
+
+    def get_task(self, ref: TaskRef) -> TaskView:
+        return self.view(self._existing(ref))
+
+    def list_tasks(
+        self, namespace: str | None, page_size: int, page_token: str | None
+    ) -> tuple[list[TaskView], str | None]:
+        records, token = self.registry.list_tasks(
+            namespace=namespace, page_size=page_size, page_token=page_token
+        )
+        return [self.view(r) for r in records], token
+
+    def configure_task(self, ref: TaskRef, changes: dict[str, Any]) -> TaskView:
+        """Set configuration fields; seeds overwrite learned values (ConfigureTask)."""
+        with self._task(ref, create=True) as (tx, model):
+            try:
+                config = model.config.updated(**changes)
+            except TypeError as exc:  # an unknown field: a programming error upstream
+                raise ConfigError("config", str(exc)) from exc
+            model.reconfigure(config)
+            record = tx.save(config=config.to_dict(), state=model.state_dict())
+        self._after_write(record, model)
+        return TaskView(record, model.config, model.summary())
+
+    def reset_task(self, ref: TaskRef, *, forget_history: bool) -> TaskView:
+        with self._task(ref, create=False) as (tx, model):
+            model.reset()
+            if forget_history:
+                tx.delete_observations()
+            record = tx.save(state=model.state_dict())
+        self._after_write(record, model)
+        return TaskView(record, model.config, model.summary())
+
+    def close(self) -> None:
+        if self.refits is not None:
+            self.refits.shutdown()

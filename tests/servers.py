@@ -1,0 +1,80 @@
+"""Running `fanout serve` as a real child process, for restart and multi-server tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """One `fanout serve` child on a loopback port."""
+
+    def __init__(
+        self, database_url: str, *, log_dir: Path, name: str = "server", extra: tuple[str, ...] = ()
+    ) -> None:
+        self.port = free_port()
+        self.database_url = database_url
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        env = dict(os.environ, FANOUT_LOG_LEVEL="WARNING")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fanout.cli",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--database-url",
+                database_url,
+                "--auto-migrate",
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.target = f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with grpc.insecure_channel(self.target) as channel:
+                    answer = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1.0
+                    )
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no cleanup, as a crashed node."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._log.close()
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._log.close()
+        return code
