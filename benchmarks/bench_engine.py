@@ -19,7 +19,7 @@ def warm_model(window: int = 50, seed: int = 0) -> TaskModel:
         s = 1 if i == 0 else int(rng.integers(1, 48))
         size = float(rng.uniform(50, 200))
         load = float(rng.integers(0, 30))
-        t = 5 + (size / 100) * 300 * (0.04 + 0.96 / s) * (1 + 0.05 * rng.standard_normal())
+        t = 5 + (size / 100) * 300 * (0.01 + 0.99 / s) * (1 + 0.05 * rng.standard_normal())
         model.observe(
             Observation(parallelism=s, duration_seconds=t, input_size=size, cluster_load=load),
             refit=False,
