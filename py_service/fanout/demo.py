@@ -56,21 +56,22 @@ def free_port() -> int:
 def start_server(database: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     target = f"127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fanout.cli",
-            "serve",
-            "--listen",
-            target,
-            "--database-url",
-            f"sqlite:///{database}",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, FANOUT_LOG_LEVEL="WARNING"),
-    )
+    with log.open("wb") as sink:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fanout.cli",
+                "serve",
+                "--listen",
+                target,
+                "--database-url",
+                f"sqlite:///{database}",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, FANOUT_LOG_LEVEL="WARNING"),
+        )
     return process, target
 
 
