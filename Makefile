@@ -28,6 +28,8 @@ lint: $(STAMP) ## ruff, mypy, stubtest, cargo fmt and clippy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy py_service tests benchmarks $(wildcard clients/python/fanout_client)
 	$(PY) -m mypy.stubtest fanout._core
+	$(VENV)/bin/buf lint
+	$(PY) scripts/gen_protos.py --check
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
