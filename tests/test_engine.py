@@ -14,7 +14,7 @@ from fanout.engine import ConfigError, Observation, Phase, StateError, TaskConfi
 def true_time(
     s: int, gamma: float = 1.0, *, t1: float, p: float, c: float, k: float = 1.0
 ) -> float:
-    return c + gamma**k * t1 * ((1 - p) + p / s)
+    return float(c + gamma**k * t1 * ((1 - p) + p / s))
 
 
 def run_task(

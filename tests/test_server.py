@@ -66,7 +66,7 @@ def snapshot(running: RunningServer) -> list[tuple[Any, ...]]:
 
 
 def bad_request_field(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

@@ -217,10 +217,11 @@ class Advisor:
 
     def recommend(self, ref: TaskRef, params: RecommendParams) -> Recommendation:
         """SPEC 5 and 6: decide, open a lease, store the re-probe counters."""
-        load = params.cluster_load
-        if load is None:
-            load = float(self.registry.cluster_load(now=self.clock()))
         with self._task(ref, create=True) as (tx, model):
+            load = params.cluster_load
+            if load is None:
+                load = float(tx.cluster_load(now=self.clock()))
+            counters = (model.state.ones_streak, model.state.reprobe_wait)
             decision = model.decide(
                 input_size=params.input_size,
                 cluster_load=load,
@@ -242,7 +243,12 @@ class Advisor:
                 input_size=params.input_size,
                 expires_at=expires,
             )
-            record = tx.save(state=model.state_dict())
+            # Most decisions leave the re-probe counters as they were; rewriting the
+            # whole state then would only cost time.
+            if (model.state.ones_streak, model.state.reprobe_wait) != counters:
+                record = tx.save(state=model.state_dict())
+            else:
+                record = tx.record
         self.models.remember(record, model)
         return Recommendation(lease_id, decision, expires)
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from types import FrameType
 
 import grpc
-from fanout.v1 import advisor_pb2, advisor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sklearn.exceptions import ConvergenceWarning
@@ -22,6 +21,7 @@ from fanout.server.metrics import Metrics
 from fanout.server.servicer import AdvisorServicer
 from fanout.settings import Settings
 from fanout.storage import Registry, default_database_url
+from fanout.v1 import advisor_pb2, advisor_pb2_grpc
 
 log = logging.getLogger(__name__)
 

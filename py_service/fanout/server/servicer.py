@@ -15,14 +15,14 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-from fanout.v1 import advisor_pb2 as pb
-from fanout.v1 import advisor_pb2_grpc
 from google.protobuf import timestamp_pb2
 
 from fanout.engine import Decision, Phase
 from fanout.server.advisor import Advisor, RecommendParams, Report, TaskRef, TaskView
 from fanout.server.errors import FieldError, translate_errors
 from fanout.server.metrics import Metrics
+from fanout.v1 import advisor_pb2 as pb
+from fanout.v1 import advisor_pb2_grpc
 
 log = logging.getLogger(__name__)
 

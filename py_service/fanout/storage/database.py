@@ -134,6 +134,10 @@ def _sqlite_engine(
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a crashed or killed process loses nothing committed;
+            # only a power loss may roll back the last commits. FULL fsyncs every
+            # commit and measured 1.8 ms of each Recommend's 5 ms here.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={math.ceil(lock_timeout * 1000)}")
             cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,7 +24,11 @@ Outcome = Literal["succeeded", "failed"]
 
 @dataclass(frozen=True, kw_only=True)
 class TaskRecord:
-    """A task (model key) as stored; `config` and `state` are private copies."""
+    """A task (model key) as stored.
+
+    `config` and `state` are the documents as loaded or as validated on save (fresh
+    objects each time, see `check_json_document`); treat them as read-only.
+    """
 
     id: int
     namespace: str
@@ -42,8 +45,8 @@ class TaskRecord:
             id=row.id,
             namespace=row.namespace,
             name=row.name,
-            config=copy.deepcopy(row.config),
-            state=copy.deepcopy(row.state),
+            config=row.config,
+            state=row.state,
             version=row.version,
             created_at=row.created_at,
             updated_at=row.updated_at,

@@ -215,12 +215,8 @@ class Registry:
 
     def cluster_load(self, *, now: datetime | None = None) -> int:
         """Sum of `parallelism` over open, unexpired leases of the whole registry (SPEC 6)."""
-        moment = utc_now() if now is None else check_aware("now", now)
-        query = select(func.coalesce(func.sum(LeaseRow.parallelism), 0)).where(
-            LeaseRow.closed_at.is_(None), LeaseRow.expires_at > moment
-        )
         with self._session() as session:
-            return int(session.scalar(query) or 0)
+            return _cluster_load(session, now)
 
     def purge_leases(self, *, before: datetime) -> int:
         """Deletes leases closed or expired before `before`; returns how many."""
@@ -456,6 +452,12 @@ class TaskTransaction:
         with self._registry._translate_errors():
             return _rowcount(self._session.execute(statement))
 
+    def cluster_load(self, *, now: datetime | None = None) -> int:
+        """`Registry.cluster_load` inside this transaction (one round trip fewer)."""
+        self._check_open()
+        with self._registry._translate_errors():
+            return _cluster_load(self._session, now)
+
     def open_lease(
         self,
         lease_id: str,
@@ -526,6 +528,14 @@ class TaskTransaction:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the task transaction has ended; open a new one")
+
+
+def _cluster_load(session: Session, now: datetime | None) -> int:
+    moment = utc_now() if now is None else check_aware("now", now)
+    query = select(func.coalesce(func.sum(LeaseRow.parallelism), 0)).where(
+        LeaseRow.closed_at.is_(None), LeaseRow.expires_at > moment
+    )
+    return int(session.scalar(query) or 0)
 
 
 def _task_query(namespace: str, name: str) -> Select[TaskRow]:
