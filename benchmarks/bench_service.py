@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_engine import warm_model  # noqa: E402
-from fanout.v1 import advisor_pb2 as pb  # noqa: E402
-from fanout.v1 import advisor_pb2_grpc  # noqa: E402
 
 from fanout.storage import Registry  # noqa: E402
+from fanout.v1 import advisor_pb2 as pb  # noqa: E402
+from fanout.v1 import advisor_pb2_grpc  # noqa: E402
 from tests.postgres import start_postgres_server  # noqa: E402
 from tests.servers import ServerProcess  # noqa: E402
 

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from fanout.v1 import advisor_pb2 as pb
-from fanout.v1 import advisor_pb2_grpc
 
 from fanout.engine import Observation, TaskModel
 from fanout.storage import Registry
+from fanout.v1 import advisor_pb2 as pb
+from fanout.v1 import advisor_pb2_grpc
 from tests.servers import ServerProcess
 
 T = TypeVar("T")

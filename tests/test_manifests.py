@@ -27,10 +27,10 @@ from typing import Any, cast
 import jsonschema
 import kubernetes_validate
 import pytest
-from fanout.cli import build_parser as server_parser
-from fanout.settings import ENV_PREFIX, Settings, settings_from
 from hera.workflows import models as hera_models
 
+from fanout.cli import build_parser as server_parser
+from fanout.settings import ENV_PREFIX, Settings, settings_from
 from tests.manifests_argo import (
     FAN_OUT_FIELDS,
     NAME_PATTERN,

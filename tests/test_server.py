@@ -8,14 +8,14 @@ from typing import Any
 
 import grpc
 import pytest
-from fanout.v1 import advisor_pb2 as pb
-from fanout.v1 import advisor_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from fanout.server.app import RunningServer, make_server
 from fanout.settings import Settings
+from fanout.v1 import advisor_pb2 as pb
+from fanout.v1 import advisor_pb2_grpc
 
 NS = "team-a"
 

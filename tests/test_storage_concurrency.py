@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from fanout.storage import (
     DuplicateExecutionError,
     NewObservation,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+
 from fanout.storage import InvalidFieldError, Registry, default_database_url, migrate_command
 from fanout.storage.database import mask_url, parse_database_url
-
 from tests import postgres
 
 

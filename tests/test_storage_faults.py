@@ -7,8 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fanout.storage import NewObservation, Registry, RegistryUnavailableError
 
+from fanout.storage import NewObservation, Registry, RegistryUnavailableError
 from tests.postgres import PostgresServer
 
 

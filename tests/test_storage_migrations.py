@@ -10,6 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
 from fanout.storage import Registry, StaleSchemaError, TaskNotFoundError
 from fanout.storage.database import parse_database_url
 from fanout.storage.migrations import (
@@ -20,8 +23,6 @@ from fanout.storage.migrations import (
     upgrade,
 )
 from fanout.storage.models import Base
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
 
 TABLES = {"tasks", "observations", "leases"}
 

@@ -8,6 +8,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from fanout.storage import (
     DuplicateExecutionError,
     InvalidFieldError,
