@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 RUST_SRC := $(shell find core_rs/src -name '*.rs' 2>/dev/null)
 PY_META := pyproject.toml Cargo.toml core_rs/Cargo.toml $(wildcard clients/python/pyproject.toml)
 
-.PHONY: help install lint fmt test test-rust test-py bench demo protos postgres soak clean
+.PHONY: help install lint fmt test test-rust test-py bench demo results protos postgres soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,12 @@ bench: $(STAMP) ## benchmarks: a table, then one JSON line of named figures per 
 
 demo: $(STAMP) ## install, then replay the genome workflow through a live server
 	$(PY) -m fanout.demo
+
+results: $(STAMP) ## regenerate docs/results.md and its plots (about 7 minutes)
+	$(VENV)/bin/fanout simulate --out docs/results --report docs/results.md
+
+soak: $(STAMP) postgres ## a few minutes of mixed traffic with a database restart; writes docs/reliability.md
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 protos: $(STAMP) ## regenerate the gRPC/protobuf code from proto/
 	$(PY) scripts/gen_protos.py
