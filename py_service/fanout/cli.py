@@ -34,6 +34,25 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from fanout.server.auth import format_token_line, hash_token, new_token
+
+    try:
+        if args.token_command == "new":
+            token = new_token()
+            scope = None if args.namespaces == "*" else args.namespaces.split(",")
+            line = format_token_line(hash_token(token), scope, args.name)
+            print(token)
+            # The line for the server's token file goes to stderr, the token alone to stdout.
+            print(line, file=sys.stderr)
+        else:
+            print(hash_token(sys.stdin.readline().strip()))
+    except ValueError as exc:
+        print(f"fanout token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _simulate(argv: list[str]) -> int:
     from fanout.sim.cli import main as simulate_main
 
@@ -52,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="upgrade the registry schema to the newest")
     migrate.add_argument("--database-url", help="SQLAlchemy URL (default: the SQLite file)")
     migrate.set_defaults(handler=_migrate)
+    token = commands.add_parser("token", help="bearer tokens and their hashes (docs/security.md)")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    new = token_commands.add_parser(
+        "new", help="print a new token, and its token-file line on stderr"
+    )
+    new.add_argument("--namespaces", required=True, help="comma-separated, or '*' for all")
+    new.add_argument("--name", help="how the token appears in the server's logs")
+    token_commands.add_parser("hash", help="read a token on stdin, print its sha256:<hex>")
+    token.set_defaults(handler=_token)
     commands.add_parser(
         "simulate",
         help="compare fanout with baselines on a simulated cluster (see `fanout simulate -h`)",

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fanout.engine import ConfigError, Decision, Observation, TaskConfig, TaskModel
+from fanout.server.auth import check_namespace
 from fanout.storage import (
     LeaseRecord,
     NewObservation,
@@ -264,6 +265,7 @@ class Advisor:
             record = self.registry.get_task_by_id(lease.task_id)
             if record is None:
                 raise NotFoundError("recommendation_id", "the recommendation's task is gone")
+            check_namespace(record.namespace, field="recommendation_id")
             ref = TaskRef(record.namespace, "", "", model_key=record.name)
             workflow, _, task = record.name.partition("/")
         else:

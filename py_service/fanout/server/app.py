@@ -17,8 +17,10 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from fanout.server.advisor import Advisor
+from fanout.server.auth import TokenStore, interceptors
 from fanout.server.metrics import Metrics
 from fanout.server.servicer import AdvisorServicer
+from fanout.server.tls import ServerTls, bind
 from fanout.settings import Settings
 from fanout.storage import Registry, default_database_url
 from fanout.v1 import advisor_pb2, advisor_pb2_grpc
@@ -44,6 +46,20 @@ class RunningServer:
     health: health.HealthServicer
     metrics: Metrics
     metrics_port: int | None
+    tls: ServerTls | None = None
+    tokens: TokenStore | None = None
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the TLS files and the token file; a bad file keeps the old one."""
+        reloaded = True
+        for part in (self.tls, self.tokens):
+            try:
+                if part is not None:
+                    part.reload()
+            except ValueError as exc:
+                log.error("reload refused, still serving the previous files: %s", exc)
+                reloaded = False
+        return reloaded
 
     def stop(self, grace: float) -> None:
         """Graceful stop: readiness goes NOT_SERVING, RPCs in flight drain, then stop."""
@@ -66,6 +82,9 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
             f"refusing to serve plaintext gRPC on {settings.listen}: "
             "configure TLS or pass --insecure"
         )
+    # Read before the registry is touched: a bad file stops the start with its setting named.
+    tls = ServerTls.from_settings(settings)
+    tokens = TokenStore.from_settings(settings)
     url = settings.database_url or default_database_url()
     registry = registry or Registry(url)
     auto = (
@@ -85,6 +104,7 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         options=options,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        interceptors=interceptors(tokens),
     )
     advisor_pb2_grpc.add_AdvisorServiceServicer_to_server(
         AdvisorServicer(advisor, metrics, max_predict_rows=settings.max_predict_rows), server
@@ -94,9 +114,7 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"could not bind {settings.listen}")
+    port = bind(server, settings, tls)
     metrics_port = None
     if settings.metrics_port is not None:
         metrics_port = metrics.serve(settings.metrics_port)
@@ -112,7 +130,7 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
             "metrics_port": metrics_port,
         },
     )
-    return RunningServer(server, port, advisor, health_servicer, metrics, metrics_port)
+    return RunningServer(server, port, advisor, health_servicer, metrics, metrics_port, tls, tokens)
 
 
 def serve(settings: Settings) -> None:
@@ -130,6 +148,7 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: running.reload())
     stopping.wait()
     running.stop(settings.grace_seconds)
     log.info("stopped")

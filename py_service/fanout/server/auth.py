@@ -18,6 +18,7 @@ namespace a request touches.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -106,7 +107,7 @@ def hash_token(token: str) -> str:
         # An unsalted hash is safe to publish only for a token nobody can guess.
         raise ValueError(
             f"token: must be at least {MIN_TOKEN_LENGTH} characters, got {len(token)}; "
-            "use new_token()"
+            "make one with `fanout token new` (new_token())"
         )
     return HASH_PREFIX + _digest(token).hex()
 
@@ -148,7 +149,7 @@ def format_token_line(
 class Grant:
     """One token-file line: a token's hash, its namespaces (`None`: all) and its name."""
 
-    digest: bytes
+    digest: bytes = dataclasses.field(repr=False)  # kept out of anything that might be logged
     namespaces: frozenset[str] | None
     name: str
 
@@ -315,8 +316,11 @@ def _refusal(handler: Any, message: str) -> Any:
 
 
 def _context_for(grant: Grant) -> contextvars.Context:
-    # A fresh context per call, never the pool thread's own: nothing can leak into the
-    # next call that thread serves, whether it authenticates or not.
+    # The interceptor runs on the server's polling thread, the handler on a pool thread.
+    # Recent grpc releases happen to share one Context between the two, but its
+    # maintainers call that scheduling an implementation detail; a private copy per call,
+    # entered around every step of the handler, holds whatever grpc does, and nothing
+    # is left behind for the next call the pool thread serves.
     context = contextvars.copy_context()
     context.run(allowed_namespaces.set, grant.namespaces)
     context.run(caller_name.set, grant.name)

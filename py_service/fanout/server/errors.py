@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 
 from fanout.engine import ConfigError, StateError
 from fanout.server.advisor import NotFoundError
+from fanout.server.auth import PermissionDeniedError
 from fanout.storage import (
     InvalidFieldError,
     RegistryUnavailableError,
@@ -69,6 +70,8 @@ def translate_errors(
     """Turn what the domain raises into the status a caller can act on."""
     try:
         yield
+    except PermissionDeniedError as exc:
+        abort_with(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
     except FieldError as exc:
         abort_with(
             context,

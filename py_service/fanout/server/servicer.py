@@ -19,6 +19,7 @@ from google.protobuf import timestamp_pb2
 
 from fanout.engine import Decision, Phase
 from fanout.server.advisor import Advisor, RecommendParams, Report, TaskRef, TaskView
+from fanout.server.auth import check_namespace, listing_scope
 from fanout.server.errors import FieldError, translate_errors
 from fanout.server.metrics import Metrics
 from fanout.v1 import advisor_pb2 as pb
@@ -79,6 +80,7 @@ def _task_ref(message: pb.TaskRef, field: str = "task") -> TaskRef:
     if not message.ByteSize():
         raise FieldError(field, "is required")
     namespace = _name(f"{field}.namespace", message.namespace)
+    check_namespace(namespace, field=f"{field}.namespace")
     workflow = _name(f"{field}.workflow", message.workflow)
     task = _name(f"{field}.task", message.task)
     model_key = None
@@ -338,6 +340,13 @@ class AdvisorServicer(advisor_pb2_grpc.AdvisorServiceServicer):
             namespace = None
             if request.HasField("namespace"):
                 namespace = _name("namespace", request.namespace)
+            scope = listing_scope(namespace)
+            if namespace is None and scope is not None:
+                # The registry pages over one namespace or all; a token for several
+                # must name the one it lists.
+                if len(scope) != 1:
+                    raise FieldError("namespace", "is required with a token for several namespaces")
+                (namespace,) = scope
             size = request.page_size or DEFAULT_PAGE_SIZE
             if size < 0 or size > MAX_PAGE_SIZE:
                 raise FieldError("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {size}")

@@ -217,13 +217,12 @@ class ServerTls:
         return pending
 
 
-def bind(server: grpc.Server, settings: Settings) -> tuple[int, ServerTls | None]:
-    """Add `settings.listen` to `server`, with TLS when configured; returns the bound port.
+def bind(server: grpc.Server, settings: Settings, tls: ServerTls | None) -> int:
+    """Add `settings.listen` to `server`, with `tls` when given; returns the bound port.
 
     The caller has already refused plaintext on a non-loopback address without
     `--insecure`; what remains is said in the log.
     """
-    tls = ServerTls.from_settings(settings)
     if tls is not None:
         port = server.add_secure_port(settings.listen, tls.credentials)
     else:
@@ -235,13 +234,9 @@ def bind(server: grpc.Server, settings: Settings) -> tuple[int, ServerTls | None
                 settings.listen,
                 " and steal bearer tokens" if settings.token_file is not None else "",
             )
-        elif settings.token_file is not None:
-            log.info(
-                "plaintext gRPC on loopback %s: bearer tokens stay on this host", settings.listen
-            )
     if port == 0:
         raise OSError(f"could not bind {settings.listen}")
-    return int(port), tls
+    return int(port)
 
 
 __all__ = ["ServerTls", "TlsConfigError", "TlsMaterial", "bind", "load_material"]

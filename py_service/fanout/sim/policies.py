@@ -400,3 +400,13 @@ register_policy("naive-amdahl", "naive Amdahl p=1", lambda info: NaiveAmdahlPoli
 register_policy("fitted-amdahl", "fitted Amdahl, no GP", lambda info: FittedAmdahlPolicy())
 register_policy("ernest", "Ernest (NNLS)", lambda info: ErnestPolicy())
 register_policy("tpe", "Optuna TPE", lambda info: TpePolicy(seed=info.seed))
+
+
+def _server_policy(info: PolicyInfo) -> Policy:
+    # Imported on use: it needs the SDK and starts a server child.
+    from fanout.sim.server_policy import ServerPolicy
+
+    return ServerPolicy(info)
+
+
+register_policy("fanout-server", "fanout (through the server)", _server_policy)
