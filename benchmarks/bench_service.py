@@ -88,8 +88,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def measure(url: str, log_dir: Path, *, label: str, full: bool) -> dict[str, float]:
-    seed_tasks(url, 1000 if full else 1)
+def measure(url: str, log_dir: Path, *, label: str, tasks: int) -> dict[str, float]:
+    """Latencies on task-0; reports spread over the first 100 tasks; RSS with all loaded."""
+    seed_tasks(url, tasks)
     server = ServerProcess(url, log_dir=log_dir, name=label)
     server.wait_ready()
     figures: dict[str, float] = {}
@@ -128,7 +129,7 @@ def measure(url: str, log_dir: Path, *, label: str, full: bool) -> dict[str, flo
 
         # Reports spread over many tasks, as real exit hooks arrive: each task's GP
         # refit runs in the background between its reports.
-        tasks = 100 if full else 1
+        spread = min(tasks, 100)
         counter = iter(range(10**9))
 
         def report() -> Any:
@@ -136,7 +137,7 @@ def measure(url: str, log_dir: Path, *, label: str, full: bool) -> dict[str, flo
             return stub.ReportExecution(
                 pb.ReportExecutionRequest(
                     run=pb.TaskRun(
-                        task=pb.TaskRef(namespace=NS, workflow="wf", task=f"task-{n % tasks}"),
+                        task=pb.TaskRef(namespace=NS, workflow="wf", task=f"task-{n % spread}"),
                         parallelism=8,
                     ),
                     execution_id=f"{label}-{n}",
@@ -148,8 +149,8 @@ def measure(url: str, log_dir: Path, *, label: str, full: bool) -> dict[str, flo
 
         report_ms = latencies(report, 300)
         figures["report_p50_ms"] = statistics.median(report_ms)
-        if full:
-            for i in range(1000):
+        if tasks >= 1000:
+            for i in range(tasks):
                 stub.Recommend(
                     pb.RecommendRequest(
                         task=pb.TaskRef(namespace=NS, workflow="wf", task=f"task-{i}")
@@ -166,7 +167,7 @@ def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as scratch:
         log_dir = Path(scratch)
         sqlite = measure(
-            f"sqlite:///{log_dir / 'bench.sqlite3'}", log_dir, label="sqlite", full=True
+            f"sqlite:///{log_dir / 'bench.sqlite3'}", log_dir, label="sqlite", tasks=1000
         )
         postgres_server = start_postgres_server()
         try:
@@ -174,7 +175,7 @@ def run() -> dict[str, float]:
                 postgres_server.url(postgres_server.create_database()),
                 log_dir,
                 label="postgres",
-                full=False,
+                tasks=100,
             )
         finally:
             postgres_server.destroy()
