@@ -272,6 +272,11 @@ class Advisor:
             assert report.task is not None and report.parallelism is not None
             ref = report.task
             workflow, task = ref.workflow, ref.task
+            record = self.registry.get_task(ref.namespace, ref.model_name)
+        if record is not None and self.models.snapshot(record).needs_refit:
+            # The report must see the GP of the previous report (TaskModel.observe);
+            # fitting it here, outside the task's lock, keeps Recommends unblocked.
+            self.refit(record.namespace, record.name)
         now = self.clock()
         with self._task(ref, create=lease is None) as (tx, model):
             existing = tx.find_observation(report.execution_id)
