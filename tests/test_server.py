@@ -388,3 +388,23 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert info.value.code() == code
     assert bad_request_field(info.value) == field
     assert snapshot(running) == before
+
+
+def test_report_by_recommendation_records_the_asking_task(
+    stub: Any, running: RunningServer
+) -> None:
+    shared = ref("frequency_AMR", model_key="frequency-light")
+    rec = stub.Recommend(pb.RecommendRequest(task=shared))
+    stub.ReportExecution(
+        pb.ReportExecutionRequest(
+            recommendation_id=rec.recommendation_id,
+            execution_id="wf-9/frequency_AMR",
+            duration_seconds=55.0,
+            outcome=pb.OUTCOME_SUCCEEDED,
+        )
+    )
+    registry = running.advisor.registry
+    record = registry.get_task(NS, "frequency-light")
+    assert record is not None
+    (stored,) = registry.observations(record.id)
+    assert (stored.workflow, stored.task) == ("genome", "frequency_AMR")

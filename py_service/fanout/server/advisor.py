@@ -243,6 +243,8 @@ class Advisor:
                 cluster_load=load,
                 input_size=params.input_size,
                 expires_at=expires,
+                workflow=ref.workflow,
+                task=ref.task,
             )
             # Most decisions leave the re-probe counters as they were; rewriting the
             # whole state then would only cost time.
@@ -267,7 +269,10 @@ class Advisor:
                 raise NotFoundError("recommendation_id", "the recommendation's task is gone")
             check_namespace(record.namespace, field="recommendation_id")
             ref = TaskRef(record.namespace, "", "", model_key=record.name)
-            workflow, _, task = record.name.partition("/")
+            if lease.workflow is not None and lease.task is not None:
+                workflow, task = lease.workflow, lease.task
+            else:  # a lease from before revision 0002
+                workflow, _, task = record.name.partition("/")
         else:
             assert report.task is not None and report.parallelism is not None
             ref = report.task

@@ -158,6 +158,9 @@ class LeaseRow(Base):
     parallelism: Mapped[int] = mapped_column(Integer)
     cluster_load: Mapped[float] = mapped_column(Float)
     input_size: Mapped[float | None] = mapped_column(Float)
+    # Which workflow task asked (revision 0002; NULL on older leases).
+    workflow: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    task: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

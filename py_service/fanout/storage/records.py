@@ -140,6 +140,8 @@ class LeaseRecord:
     created_at: datetime
     expires_at: datetime
     closed_at: datetime | None
+    workflow: str | None = None
+    task: str | None = None
 
     @classmethod
     def from_row(cls, row: LeaseRow) -> LeaseRecord:
@@ -149,6 +151,8 @@ class LeaseRecord:
             parallelism=row.parallelism,
             cluster_load=row.cluster_load,
             input_size=row.input_size,
+            workflow=row.workflow,
+            task=row.task,
             created_at=row.created_at,
             expires_at=row.expires_at,
             closed_at=row.closed_at,

@@ -466,8 +466,11 @@ class TaskTransaction:
         cluster_load: float,
         input_size: float | None,
         expires_at: datetime,
+        workflow: str | None = None,
+        task: str | None = None,
     ) -> LeaseRecord:
-        """Records a recommendation in flight for this task (SPEC section 6)."""
+        """Records a recommendation in flight for this task (SPEC section 6); `workflow`
+        and `task` name the workflow task that asked (several may share one model)."""
         check_lease_id("lease_id", lease_id)
         check_parallelism("parallelism", parallelism)
         check_number("cluster_load", cluster_load, minimum=0.0, inclusive=True)
@@ -483,6 +486,8 @@ class TaskTransaction:
                 parallelism=parallelism,
                 cluster_load=float(cluster_load),
                 input_size=_optional_float(input_size),
+                workflow=None if workflow is None else check_name("workflow", workflow),
+                task=None if task is None else check_name("task", task),
                 created_at=utc_now(),
                 expires_at=expires_at,
                 closed_at=None,
