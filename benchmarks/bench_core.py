@@ -26,27 +26,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests import reference as ref  # the reference lives with the tests
 
 F64 = NDArray[np.float64]
-REPEATS = 7
+REPEATS = 9
 # Inner loops per repeat: about 20 ms of the slower side.
 BUDGET_NS = 20e6
 # The fitted input-size exponent of a typical task; k != 1 makes gamma^k a real power.
 K = 1.3
 
 
-def median_ns(call: Callable[[], object]) -> float:
-    """Median time per call in nanoseconds."""
-    call()  # warm caches, the rayon pool, lazily imported modules
-    start = time.perf_counter_ns()
-    call()
-    once = max(time.perf_counter_ns() - start, 1)
-    inner = max(1, int(BUDGET_NS // once))
-    samples = []
-    for _ in range(REPEATS):
+def compare_ns(reference: Callable[[], object], rust: Callable[[], object]) -> tuple[float, float]:
+    """Median time per call in nanoseconds of `reference` and of `rust`.
+
+    The two alternate repeat by repeat, so load from other processes on this shared
+    machine hits both alike instead of skewing whichever ran during a busy spell.
+    """
+    inner = []
+    for call in (reference, rust):
+        call()  # warm caches, the rayon pool, lazily imported modules
         start = time.perf_counter_ns()
-        for _ in range(inner):
-            call()
-        samples.append((time.perf_counter_ns() - start) / inner)
-    return float(np.median(samples))
+        call()
+        once = max(time.perf_counter_ns() - start, 1)
+        inner.append(max(1, int(BUDGET_NS // once)))
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(REPEATS):
+        for call, loops, times in zip((reference, rust), inner, samples, strict=True):
+            start = time.perf_counter_ns()
+            for _ in range(loops):
+                call()
+            times.append((time.perf_counter_ns() - start) / loops)
+    return float(np.median(samples[0])), float(np.median(samples[1]))
 
 
 def decision_inputs(rows: int, *, unit_gamma: bool) -> tuple[F64, F64, F64]:
@@ -71,7 +78,7 @@ def decision_speedup(rows: int, *, unit_gamma: bool) -> tuple[float, float, floa
         return _core.choose(s, mean, sd)
 
     assert numpy_decision()[0] == rust_decision()[0]  # type: ignore[index]
-    numpy_ns, rust_ns = median_ns(numpy_decision), median_ns(rust_decision)
+    numpy_ns, rust_ns = compare_ns(numpy_decision, rust_decision)
     return numpy_ns, rust_ns, numpy_ns / rust_ns
 
 
@@ -126,8 +133,7 @@ def gp_speedup(gpr: Any, state: dict[str, Any], rows: int) -> tuple[float, float
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sklearn's clipped-variance notice
-        sklearn_ns = median_ns(sklearn_predict)
-    rust_ns = median_ns(rust_predict)
+        sklearn_ns, rust_ns = compare_ns(sklearn_predict, rust_predict)
     return sklearn_ns, rust_ns, sklearn_ns / rust_ns
 
 

@@ -739,3 +739,20 @@ def test_gp_predict_rejects_bad_candidates(arrays: tuple[F64, F64, F64], message
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         posterior.predict(*arrays)
+
+
+def test_sizes_outside_the_fast_power_range_fall_back_to_libm() -> None:
+    """gamma^k and s^b use a vectorised power within [1e-100, 1e100]; beyond, libm."""
+    s = _a(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+    # 1e-310 is subnormal: the vectorised logarithm would misread its exponent bits.
+    gamma = _a(1e-200, 1e150, 2.0, 1.0, 0.5, 3.0, 1e-310, 7.0, 1.0, 2.5)
+    model = {"t1": 10.0, "p": 0.5, "c": 1.0, "k": 1.3}
+    assert_close(_core.amdahl_time(s, gamma, **model), ref.amdahl_time(s, gamma, **model))
+    widths = _a(1e120, 2.0, 3.0)
+    mean, sd = _a(5.0, 6.0, 7.0), _a(1.0, 1.0, 0.0)
+    for a in (1.0, 2.0):
+        options: dict[str, Any] = {"urgency": a, "resource_exponent": 1.7}
+        assert_close(
+            _core.expected_score(widths, mean, sd, **options),
+            ref.expected_score(widths, mean, sd, **options),
+        )

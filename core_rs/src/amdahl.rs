@@ -1,7 +1,7 @@
 //! The Amdahl part of the time model (SPEC 2) and the parameter updates that invert it
 //! (SPEC 3, 4.3-4.5). Arrays are per-row: `s`, `gamma`, `t` of equal length.
 
-use crate::check::{self, Bounds, Range};
+use crate::check::{self, Range, UNCHECKED};
 use crate::error::CoreResult;
 use crate::fastmath::{per_lane, power_kind, with_power, PowLibm, Power};
 use crate::par::{fill2, fill3, Block, Kernel2, Kernel3, LANES};
@@ -84,14 +84,16 @@ pub fn amdahl_time_into(
     if !fused {
         rows(s, Range::AtLeastOne, gamma, None)?;
         let power = PowLibm(model.k);
-        fill2(out, s, gamma, ANY2, &AmdahlKernel { model, power });
+        fill2(
+            out,
+            s,
+            gamma,
+            [UNCHECKED; 2],
+            &AmdahlKernel { model, power },
+        );
     }
     Ok(())
 }
-
-/// Bounds that admit every (already validated) value.
-const ANY2: [Bounds; 2] = [(f64::NEG_INFINITY, true, f64::INFINITY, true); 2];
-const ANY3: [Bounds; 3] = [(f64::NEG_INFINITY, true, f64::INFINITY, true); 3];
 
 struct AmdahlKernel<P> {
     model: Amdahl,
@@ -145,7 +147,14 @@ pub fn p_current_into(
     if !fused {
         rows(s, Range::AboveOne, gamma, Some(t))?;
         let power = PowLibm(model.k);
-        fill3(out, s, gamma, t, ANY3, &PCurrentKernel { model, power });
+        fill3(
+            out,
+            s,
+            gamma,
+            t,
+            [UNCHECKED; 3],
+            &PCurrentKernel { model, power },
+        );
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Argument validation shared by every entry point. Inputs are checked in full before
-//! any arithmetic, so bad input never yields a partial result.
+//! Argument validation shared by every entry point. Every input is checked before a
+//! result is returned (long columns in the same pass as the arithmetic, see `par`), so
+//! bad input never yields a result, partial or not.
 
 use crate::error::{CoreError, CoreResult};
 use crate::par::{reduce_chunks, ChunkFold};
@@ -22,9 +23,12 @@ pub enum Range {
     Exponent,
 }
 
-/// A range as `(lower, lower included, upper, upper included)`; infinite ends are
-/// excluded, so every admitted value is finite.
+/// A range as `(lower, lower included, upper, upper included)`. Those of [`Range`]
+/// exclude infinite ends, so every value they admit is finite.
 pub type Bounds = (f64, bool, f64, bool);
+
+/// Admits everything but NaN: for columns already validated.
+pub const UNCHECKED: Bounds = (f64::NEG_INFINITY, true, f64::INFINITY, true);
 
 impl Range {
     pub fn bounds(self) -> Bounds {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::check::{self, Bounds, Range};
+use crate::check::{self, Bounds, Range, UNCHECKED};
 use crate::error::{CoreError, CoreResult};
 use crate::fastmath::{per_lane, power_kind, with_power, Power, PowerKind};
 use crate::normal::normal_quantile;
@@ -208,8 +208,7 @@ fn scores_into(
     ];
     if !fill_scores(s, mean, sd, config, kind, bounds, out) {
         candidates(s, mean, sd)?;
-        let everything = [(f64::NEG_INFINITY, true, f64::INFINITY, true); 3];
-        fill_scores(s, mean, sd, config, PowerKind::Libm, everything, out);
+        fill_scores(s, mean, sd, config, PowerKind::Libm, [UNCHECKED; 3], out);
     }
     Ok(())
 }
