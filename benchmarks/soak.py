@@ -808,7 +808,15 @@ def render(result: Result, tests: TestRun | None) -> str:
         lines.append(f"| {minute} | {count} | {p50:.1f} | {p99:.1f} | {rss:.1f} |")
     lines += [
         "",
-        "Answers by method and status:",
+        "Latency counts every answer of every method, bad requests included. A report "
+        "refits its task's GP in the request when the background refit queue lags behind "
+        "(as it does under this load); that cost grows with the task's window, so p99 "
+        "climbs while windows fill (here "
+        f"{result.observations / plan.tasks:.1f} stored runs per task at the end; W = 50).",
+        "",
+        "Answers by method and status (UNAVAILABLE is expected only from the crash until "
+        f"{RECOVERY_GRACE:.0f} s after the restart; any other status a request may not get "
+        "counts as unexpected):",
         "",
         "| method | status | answers |",
         "| --- | --- | --- |",

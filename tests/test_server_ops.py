@@ -160,3 +160,42 @@ def test_database_outage_gives_unavailable_then_recovers(
             assert again.model.observations_total == 1
     finally:
         running.stop(grace=0.5)
+
+
+def test_refit_lost_to_an_outage_is_retried(
+    running: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fanout.server import advisor as advisor_module
+    from fanout.storage import RegistryUnavailableError
+
+    monkeypatch.setattr(advisor_module, "REFIT_RETRY_SECONDS", 0.01)
+    advisor = running.advisor
+    assert advisor.refits is not None
+    real_refit = advisor.refit
+    calls: list[str] = []
+
+    def flaky_refit(namespace: str, name: str) -> None:
+        calls.append(name)
+        if len(calls) <= 2:
+            raise RegistryUnavailableError("database restarting")
+        real_refit(namespace, name)
+
+    monkeypatch.setattr(advisor, "refit", flaky_refit)
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = advisor_pb2_grpc.AdvisorServiceStub(channel)
+        stub.ReportExecution(
+            pb.ReportExecutionRequest(
+                run=pb.TaskRun(task=TASK, parallelism=1),
+                execution_id="e1",
+                duration_seconds=10.0,
+                outcome=pb.OUTCOME_SUCCEEDED,
+            )
+        )
+    deadline = time.monotonic() + 10
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert advisor.refits.wait_idle()
+    assert calls == ["wf/t"] * 3
+    record = advisor.registry.get_task("ops", "wf/t")
+    assert record is not None
+    assert record.state["gp_version"] == record.state["version"]

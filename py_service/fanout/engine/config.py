@@ -47,6 +47,11 @@ def _whole(field: str, value: int, *, low: int, high: int | None = None) -> None
 
 MAX_PARALLELISM_CAP = 100_000
 MAX_WINDOW = 1_000
+# Ranges of the quantities the model takes logs, powers and squares of (SPEC 2, 4): wider
+# than any real workload, narrow enough that no intermediate over- or underflows.
+MIN_SECONDS, MAX_SECONDS = 1e-6, 1e9  # a microsecond to about 31 years
+MIN_SIZE, MAX_SIZE = 1e-9, 1e18
+MAX_LOAD = 1e9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,11 +111,11 @@ class TaskConfig:
         _finite("confidence", self.confidence, low=0.0, high=1.0, low_open=True)
         if self.confidence >= 1.0:
             raise ConfigError("confidence", f"must be < 1, got {self.confidence}")
-        _finite("startup_seconds", self.startup_seconds, low=0.0)
+        _finite("startup_seconds", self.startup_seconds, low=0.0, high=MAX_SECONDS)
         if self.t1_seconds is not None:
-            _finite("t1_seconds", self.t1_seconds, low=0.0, low_open=True)
+            _finite("t1_seconds", self.t1_seconds, low=MIN_SECONDS, high=MAX_SECONDS)
         if self.base_input_size is not None:
-            _finite("base_input_size", self.base_input_size, low=0.0, low_open=True)
+            _finite("base_input_size", self.base_input_size, low=MIN_SIZE, high=MAX_SIZE)
         if self.p is not None:
             _finite("p", self.p, low=0.0, high=1.0)
         _whole("reprobe_after", self.reprobe_after, low=1)

@@ -24,6 +24,7 @@ from fanout.storage import (
     LeaseRecord,
     NewObservation,
     Registry,
+    RegistryUnavailableError,
     TaskRecord,
     TaskTransaction,
 )
@@ -31,6 +32,8 @@ from fanout.storage import (
 log = logging.getLogger(__name__)
 
 NAME_MAX = 253  # a Kubernetes object name's limit, so any namespace or workflow fits
+REFIT_RETRIES = 8  # with doubling waits from 1 s: about four minutes of outage
+REFIT_RETRY_SECONDS = 1.0
 
 
 class NotFoundError(LookupError):
@@ -146,21 +149,37 @@ class RefitQueue:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.fit_seconds: Callable[[float], None] = lambda _: None
+        self._closed = False
 
     def submit(self, record: TaskRecord) -> None:
-        with self._lock:
-            if record.id in self._pending:
-                return
-            self._pending.add(record.id)
-        self._pool.submit(self._run, record.namespace, record.name, record.id)
+        self._submit(record.namespace, record.name, record.id, attempt=0)
 
-    def _run(self, namespace: str, name: str, task_id: int) -> None:
+    def _submit(self, namespace: str, name: str, task_id: int, *, attempt: int) -> None:
+        with self._lock:
+            if task_id in self._pending or self._closed:
+                return
+            self._pending.add(task_id)
+        self._pool.submit(self._run, namespace, name, task_id, attempt)
+
+    def _run(self, namespace: str, name: str, task_id: int, attempt: int) -> None:
         with self._lock:
             self._pending.discard(task_id)
         try:
             self._advisor.refit(namespace, name)
+        except RegistryUnavailableError:
+            # Decisions use the stored hyper-parameters until a refit lands, and a
+            # task that gets no more reports would keep stale ones: try again later.
+            if attempt < REFIT_RETRIES:
+                delay = min(REFIT_RETRY_SECONDS * 2**attempt, 60.0)
+                timer = threading.Timer(
+                    delay, self._submit, (namespace, name, task_id), {"attempt": attempt + 1}
+                )
+                timer.daemon = True
+                timer.start()
+            else:
+                log.warning("background refit of %s/%s given up", namespace, name)
         except Exception:
-            # The next report refits synchronously, so a lost refit costs latency only.
+            # The next report refits synchronously, so this costs latency only.
             log.exception("background refit failed for %s/%s", namespace, name)
         finally:
             with self._lock:
@@ -180,6 +199,8 @@ class RefitQueue:
         return True
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from fanout.engine import Decision, Phase
+from fanout.engine.config import MAX_LOAD, MAX_SECONDS, MAX_SIZE, MIN_SECONDS, MIN_SIZE
 from fanout.server.advisor import Advisor, RecommendParams, Report, TaskRef, TaskView
 from fanout.server.auth import check_namespace, listing_scope
 from fanout.server.errors import FieldError, translate_errors
@@ -221,13 +222,15 @@ class AdvisorServicer(advisor_pb2_grpc.AdvisorServiceServicer):
             ref = _task_ref(request.task)
             low, high = _limits(request)
             params = RecommendParams(
-                input_size=_checked(request, "input_size", positive=True),
-                cluster_load=_checked(request, "cluster_load", low=0.0),
+                input_size=_checked(request, "input_size", low=MIN_SIZE, high=MAX_SIZE),
+                cluster_load=_checked(request, "cluster_load", low=0.0, high=MAX_LOAD),
                 min_parallelism=low,
                 max_parallelism=high,
                 urgency=_checked(request, "urgency", positive=True, high=10.0),
                 resource_exponent=_checked(request, "resource_exponent", low=0.0, high=10.0),
-                deadline_seconds=_checked(request, "deadline_seconds", positive=True),
+                deadline_seconds=_checked(
+                    request, "deadline_seconds", positive=True, high=MAX_SECONDS
+                ),
                 confidence=_checked(request, "confidence", positive=True, high=0.999999),
                 strategy=_strategy(request, "strategy", "strategy"),
                 lease_seconds=_checked(request, "lease_seconds", low=1.0, high=7 * 86400.0),
@@ -258,15 +261,17 @@ class AdvisorServicer(advisor_pb2_grpc.AdvisorServiceServicer):
         with self._rpc("ReportExecution", context):
             target = request.WhichOneof("target")
             execution_id = _name("execution_id", request.execution_id)
-            duration = _number("duration_seconds", request.duration_seconds, positive=True)
+            duration = _number(
+                "duration_seconds", request.duration_seconds, low=MIN_SECONDS, high=MAX_SECONDS
+            )
             if request.outcome not in (pb.OUTCOME_SUCCEEDED, pb.OUTCOME_FAILED):
                 raise FieldError("outcome", "must be OUTCOME_SUCCEEDED or OUTCOME_FAILED")
             common: dict[str, Any] = {
                 "execution_id": execution_id,
                 "duration_seconds": duration,
                 "succeeded": request.outcome == pb.OUTCOME_SUCCEEDED,
-                "input_size": _checked(request, "input_size", positive=True),
-                "startup_seconds": _checked(request, "startup_seconds", low=0.0),
+                "input_size": _checked(request, "input_size", low=MIN_SIZE, high=MAX_SIZE),
+                "startup_seconds": _checked(request, "startup_seconds", low=0.0, high=MAX_SECONDS),
             }
             if target == "recommendation_id":
                 report = Report(
@@ -280,7 +285,9 @@ class AdvisorServicer(advisor_pb2_grpc.AdvisorServiceServicer):
                 report = Report(
                     task=_task_ref(run.task, "run.task"),
                     parallelism=run.parallelism,
-                    cluster_load=_checked(run, "cluster_load", low=0.0, field="run.cluster_load"),
+                    cluster_load=_checked(
+                        run, "cluster_load", low=0.0, high=MAX_LOAD, field="run.cluster_load"
+                    ),
                     **common,
                 )
             else:
@@ -314,8 +321,20 @@ class AdvisorServicer(advisor_pb2_grpc.AdvisorServiceServicer):
                 rows.append(
                     (
                         row.parallelism,
-                        _checked(row, "input_size", positive=True, field=f"rows[{i}].input_size"),
-                        _checked(row, "cluster_load", low=0.0, field=f"rows[{i}].cluster_load"),
+                        _checked(
+                            row,
+                            "input_size",
+                            low=MIN_SIZE,
+                            high=MAX_SIZE,
+                            field=f"rows[{i}].input_size",
+                        ),
+                        _checked(
+                            row,
+                            "cluster_load",
+                            low=0.0,
+                            high=MAX_LOAD,
+                            field=f"rows[{i}].cluster_load",
+                        ),
                     )
                 )
             predictions, version = self._advisor.predict(ref, rows)
