@@ -8,6 +8,10 @@ Wire contract of the fanout parallelism advisor.
 A workflow engine asks `Recommend` for the fan-out width `s` of a task, runs the
 task at that width, then tells `ReportExecution` how long it took. The method
 behind the answers, and the SPEC sections cited below, are in docs/method.md.
+
+Numeric ranges accepted everywhere (wider than any workload, narrow enough that the
+model never overflows): times 1e-6 to 1e9 seconds (start-up from 0), input sizes
+1e-9 to 1e18, cluster load 0 to 1e9. Values outside are INVALID_ARGUMENT.
 """
 
 from collections import abc as _abc
