@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from fanout.engine import ConfigError, Decision, Observation, TaskConfig, TaskModel
 from fanout.server.auth import check_namespace
 from fanout.storage import (
@@ -31,7 +33,6 @@ from fanout.storage import (
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 253  # a Kubernetes object name's limit, so any namespace or workflow fits
 REFIT_RETRIES = 8  # with doubling waits from 1 s: about four minutes of outage
 REFIT_RETRY_SECONDS = 1.0
 
@@ -129,10 +130,6 @@ class ModelCache:
     def remember(self, record: TaskRecord, model: TaskModel) -> None:
         with self._lock:
             self._models[record.id] = (record.version, model)
-
-    def forget(self, task_id: int) -> None:
-        with self._lock:
-            self._models.pop(task_id, None)
 
 
 class RefitQueue:
@@ -378,8 +375,6 @@ class Advisor:
         self, ref: TaskRef, rows: list[tuple[int, float | None, float | None]]
     ) -> tuple[list[tuple[float, float]], int]:
         """What-if predictions; rows are (s, input_size, cluster_load)."""
-        import numpy as np
-
         record = self._existing(ref)
         model = self.models.snapshot(record)
         s = np.array([float(r[0]) for r in rows])

@@ -28,7 +28,7 @@ from fanout.v1 import advisor_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 253
+NAME_MAX = 253  # a Kubernetes object name's limit, so any namespace or workflow fits
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
