@@ -133,6 +133,7 @@ def test_background_refit_timing_does_not_change_what_is_learned() -> None:
         )
         eager.observe(obs, refit=True)
         lazy.observe(obs, refit=False)
+        assert lazy.summary()["refit_pending"] and not eager.summary()["refit_pending"]
         if i % 3 == 0:
             lazy.refit()
     lazy.refit()

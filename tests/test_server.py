@@ -187,6 +187,12 @@ def test_shared_model_key(stub: Any) -> None:
     assert task.model.observations_total == 2
 
 
+def test_refit_pending_until_the_background_refit_lands(stub: Any, running: RunningServer) -> None:
+    assert report_run(stub, 1, 100.0, "r-1").model.refit_pending
+    assert running.advisor.refits is not None and running.advisor.refits.wait_idle()
+    assert not stub.GetTask(pb.GetTaskRequest(task=ref())).task.model.refit_pending
+
+
 def test_health_and_reflection(running: RunningServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -266,6 +266,7 @@ def model_summary(message: pb.ModelSummary) -> ModelSummary:
         observations_total=message.observations_total,
         version=message.version,
         drift_detected=message.drift_detected,
+        refit_pending=message.refit_pending,
     )
 
 

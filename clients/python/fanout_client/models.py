@@ -91,7 +91,10 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class ModelSummary:
-    """A task's learned model; `t1_seconds`, `p`, `base_input_size` are `None` until known."""
+    """A task's learned model; `t1_seconds`, `p`, `base_input_size` are `None` until known.
+
+    `refit_pending` is true while the server re-fits the residual GP in the background.
+    """
 
     phase: Phase
     t1_seconds: float | None
@@ -104,6 +107,7 @@ class ModelSummary:
     observations_total: int
     version: int
     drift_detected: bool
+    refit_pending: bool = False
 
 
 @dataclass(frozen=True)

@@ -624,4 +624,5 @@ class TaskModel:
             "observations_total": st.observations_total,
             "version": st.version,
             "drift_detected": st.last_drift,
+            "refit_pending": self.needs_refit,
         }

@@ -130,6 +130,7 @@ def _summary(summary: dict[str, Any]) -> pb.ModelSummary:
         observations_total=summary["observations_total"],
         version=summary["version"],
         drift_detected=summary["drift_detected"],
+        refit_pending=summary["refit_pending"],
     )
     for name in ("t1_seconds", "p", "base_input_size"):
         if summary[name] is not None:

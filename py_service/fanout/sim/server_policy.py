@@ -24,6 +24,10 @@ from fanout.sim.policies import Context, PolicyInfo
 from fanout_client import Advisor, Recommendation
 
 WORKFLOW = "sim"
+# Simulated runs follow each other at once, while real ones are minutes apart: wait
+# for the server's background GP refit like real time would, so decisions do not
+# depend on how busy the machine is.
+REFIT_WAIT_SECONDS = 60.0
 
 
 class _Server:
@@ -109,6 +113,11 @@ class ServerPolicy:
 
     def observe(self, s: int, context: Context, duration: float, startup: float | None) -> None:
         rec = self.pending[s].pop(0)
-        self.advisor.report(
+        result = self.advisor.report(
             rec, duration_seconds=duration, startup_seconds=startup, input_size=context.input_size
         )
+        deadline = time.monotonic() + REFIT_WAIT_SECONDS
+        pending = result.model.refit_pending
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.005)
+            pending = self.advisor.get_task(rec.task).model.refit_pending

@@ -282,6 +282,7 @@ class ModelSummary(_message.Message):
     OBSERVATIONS_TOTAL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     DRIFT_DETECTED_FIELD_NUMBER: _builtins.int
+    REFIT_PENDING_FIELD_NUMBER: _builtins.int
     phase: Global___Phase.ValueType
     """Learning phase."""
     t1_seconds: _builtins.float
@@ -304,6 +305,11 @@ class ModelSummary(_message.Message):
     """Version of the model; grows with every change."""
     drift_detected: _builtins.bool
     """Whether the last applied report detected drift and trimmed the window (SPEC 4.0)."""
+    refit_pending: _builtins.bool
+    """Whether the residual GP's hyper-parameters lag behind `version`: a refit is
+    queued or running off the request path, and decisions meanwhile use the previous
+    hyper-parameters on the current window.
+    """
     def __init__(
         self,
         *,
@@ -318,10 +324,11 @@ class ModelSummary(_message.Message):
         observations_total: _builtins.int = ...,
         version: _builtins.int = ...,
         drift_detected: _builtins.bool = ...,
+        refit_pending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_base_input_size", b"_base_input_size", "_p", b"_p", "_t1_seconds", b"_t1_seconds", "base_input_size", b"base_input_size", "p", b"p", "t1_seconds", b"t1_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_base_input_size", b"_base_input_size", "_p", b"_p", "_t1_seconds", b"_t1_seconds", "base_input_size", b"base_input_size", "drift_detected", b"drift_detected", "k", b"k", "observations_total", b"observations_total", "p", b"p", "phase", b"phase", "startup_seconds", b"startup_seconds", "t1_seconds", b"t1_seconds", "version", b"version", "window_capacity", b"window_capacity", "window_size", b"window_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_base_input_size", b"_base_input_size", "_p", b"_p", "_t1_seconds", b"_t1_seconds", "base_input_size", b"base_input_size", "drift_detected", b"drift_detected", "k", b"k", "observations_total", b"observations_total", "p", b"p", "phase", b"phase", "refit_pending", b"refit_pending", "startup_seconds", b"startup_seconds", "t1_seconds", b"t1_seconds", "version", b"version", "window_capacity", b"window_capacity", "window_size", b"window_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__base_input_size: _TypeAlias = _typing.Literal["base_input_size"]  # noqa: Y015
     _WhichOneofArgType__base_input_size: _TypeAlias = _typing.Literal["_base_input_size", b"_base_input_size"]  # noqa: Y015
