@@ -152,6 +152,30 @@ def test_reprobe_after_ten_decisions_at_one() -> None:
     assert model.decide(min_parallelism=3).parallelism >= 3
 
 
+def test_plan_is_decide_without_side_effects() -> None:
+    model = TaskModel(TaskConfig(t1_seconds=100.0, p=0.0))
+    for _ in range(12):
+        before = model.state_dict()
+        planned, counters = model.plan()
+        assert model.state_dict() == before
+        decided = model.decide()
+        assert decided.parallelism == planned.parallelism
+        assert (model.state.ones_streak, model.state.reprobe_wait) == counters
+
+
+def test_a_refit_is_adopted_only_at_its_version() -> None:
+    model = TaskModel(TaskConfig(max_parallelism=16))
+    for s, t in ((1, 100.0), (4, 30.0), (2, 55.0)):
+        model.observe(Observation(parallelism=s, duration_seconds=t), refit=False)
+    refitted = model.clone()
+    refitted.refit()
+    model.adopt_refit(refitted)
+    assert not model.needs_refit and model.state.gp_theta == refitted.state.gp_theta
+    model.observe(Observation(parallelism=8, duration_seconds=20.0), refit=False)
+    with pytest.raises(ValueError, match="version"):
+        model.adopt_refit(refitted)
+
+
 def test_reprobe_skipped_when_limits_exclude_two() -> None:
     model = TaskModel(TaskConfig(t1_seconds=100.0, p=0.0))
     widths = [model.decide(max_parallelism=1).parallelism for _ in range(15)]

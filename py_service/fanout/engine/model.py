@@ -339,6 +339,35 @@ class TaskModel:
         strategy: str | None = None,
     ) -> Decision:
         """Recommend a width; advances the re-probe counters (SPEC 5.1)."""
+        decision, counters = self.plan(
+            input_size,
+            cluster_load,
+            urgency=urgency,
+            resource_exponent=resource_exponent,
+            deadline_seconds=deadline_seconds,
+            confidence=confidence,
+            min_parallelism=min_parallelism,
+            max_parallelism=max_parallelism,
+            strategy=strategy,
+        )
+        self.state.ones_streak, self.state.reprobe_wait = counters
+        return decision
+
+    def plan(
+        self,
+        input_size: float | None = None,
+        cluster_load: float = 0.0,
+        *,
+        urgency: float | None = None,
+        resource_exponent: float | None = None,
+        deadline_seconds: float | None = None,
+        confidence: float | None = None,
+        min_parallelism: int | None = None,
+        max_parallelism: int | None = None,
+        strategy: str | None = None,
+    ) -> tuple[Decision, tuple[int, int]]:
+        """`decide` without changing the model: the decision and the re-probe counters
+        `(ones_streak, reprobe_wait)` it leaves. Safe on a model shared by threads."""
         cfg = self.config
         request = cfg.updated(
             urgency=cfg.urgency if urgency is None else urgency,
@@ -359,25 +388,23 @@ class TaskModel:
         gamma, unknown = self.gamma_of(input_size)
         lo_limit, hi_limit = request.min_parallelism, request.max_parallelism
         phase = self.phase
-        if phase is Phase.BASELINE:
-            return self._fixed(1, phase, request, gamma, cluster_load, unknown)
-        if phase is Phase.PROBE:
-            return self._fixed(
-                max(2, cfg.probe_parallelism), phase, request, gamma, cluster_load, unknown
-            )
         st = self.state
+        unchanged = (st.ones_streak, st.reprobe_wait)
+        if phase is Phase.BASELINE:
+            return self._fixed(1, phase, request, gamma, cluster_load, unknown), unchanged
+        if phase is Phase.PROBE:
+            probe = max(2, cfg.probe_parallelism)
+            return self._fixed(probe, phase, request, gamma, cluster_load, unknown), unchanged
         if st.ones_streak >= st.reprobe_wait and lo_limit <= 2 <= hi_limit:
             # SPEC 5.1 re-probe: a model stuck at s = 1 learns nothing more about p.
-            st.ones_streak = 0
-            st.reprobe_wait *= 2
-            return self._fixed(2, Phase.PROBE, request, gamma, cluster_load, unknown, predict=True)
+            decision = self._fixed(
+                2, Phase.PROBE, request, gamma, cluster_load, unknown, predict=True
+            )
+            return decision, (0, st.reprobe_wait * 2)
         decision = self._optimize(request, gamma, cluster_load, unknown, deadline_seconds)
         if decision.parallelism == 1:
-            st.ones_streak += 1
-        else:
-            st.ones_streak = 0
-            st.reprobe_wait = cfg.reprobe_after
-        return decision
+            return decision, (st.ones_streak + 1, st.reprobe_wait)
+        return decision, (0, cfg.reprobe_after)
 
     def _fixed(
         self,
@@ -536,6 +563,15 @@ class TaskModel:
         self.state.gp_version = self.state.version
         self._gp = gp
         self._gp_dirty = False
+
+    def adopt_refit(self, refitted: TaskModel) -> None:
+        """Takes the GP of `refitted`, a copy of this model at the same version refitted
+        elsewhere; everything else (such as re-probe counters moved meanwhile) stays."""
+        if refitted.state.version != self.state.version:
+            raise ValueError("a refit applies only to the version it was fitted at")
+        self.state.gp_theta = refitted.state.gp_theta
+        self.state.gp_version = refitted.state.gp_version
+        self._gp, self._gp_dirty = refitted._gp, refitted._gp_dirty
 
     def _measured_startups(self) -> list[float]:
         return [float(r[4]) for r in self.state.window if r[4] is not None]
