@@ -148,7 +148,7 @@ def measure(url: str, log_dir: Path, *, label: str, tasks: int) -> dict[str, flo
             )
 
         # Paced like exit hooks of real runs: each report's background GP refit
-        # (about 60 ms of CPU) lands before the same task reports again, so this
+        # (about 40 ms of CPU) lands before the same task reports again, so this
         # measures the report path itself. Back to back, refits would queue up.
         report_ms = []
         for _ in range(200):

@@ -6,6 +6,7 @@ import base64
 import json
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -489,6 +490,48 @@ def test_leases_count_until_closed_or_expired(registry: Registry) -> None:
     assert closed is not None
     assert closed.closed_at == closed_at
     assert not closed.is_open(now)
+
+
+def test_lease_at_version_opens_only_while_the_task_is_current(registry: Registry) -> None:
+    task_id = create_task(registry, "w/t")
+    record = registry.get_task(NS, "w/t")
+    assert record is not None
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    fields: dict[str, Any] = {
+        "parallelism": 4,
+        "cluster_load": 2.5,
+        "input_size": 7.0,
+        "expires_at": expires,
+    }
+    assert registry.open_lease_at_version(
+        task_id, record.version, "fresh", workflow="w", task="t", **fields
+    )
+    lease = registry.get_lease("fresh")
+    assert lease is not None
+    assert (lease.task_id, lease.parallelism, lease.cluster_load, lease.input_size) == (
+        task_id,
+        4,
+        2.5,
+        7.0,
+    )
+    assert (lease.workflow, lease.task, lease.expires_at, lease.closed_at) == (
+        "w",
+        "t",
+        expires,
+        None,
+    )
+    # Stored like any other lease: counted, and past its expiry not.
+    assert registry.cluster_load(now=expires - timedelta(seconds=1)) == 4
+    assert registry.cluster_load(now=expires) == 0
+
+    with registry.task_transaction(NS, "w/t") as tx:
+        tx.save(state={"moved": True})
+    assert not registry.open_lease_at_version(task_id, record.version, "stale", **fields)
+    assert not registry.open_lease_at_version(task_id + 1000, 1, "no-task", **fields)
+    assert registry.get_lease("stale") is None and registry.get_lease("no-task") is None
+    with pytest.raises(InvalidFieldError) as caught:
+        registry.open_lease_at_version(task_id, 2, "bad", **(fields | {"parallelism": 0}))
+    assert caught.value.field == "parallelism"
 
 
 def test_cluster_load_spans_every_task(registry: Registry) -> None:

@@ -22,7 +22,9 @@ import numpy as np
 
 from fanout.engine import ConfigError, Decision, Observation, TaskConfig, TaskModel
 from fanout.server.auth import check_namespace
+from fanout.server.load import ClusterLoad
 from fanout.storage import (
+    DuplicateExecutionError,
     LeaseRecord,
     NewObservation,
     Registry,
@@ -112,6 +114,8 @@ class ModelCache:
 
     def __init__(self) -> None:
         self._models: dict[int, tuple[int, TaskModel]] = {}
+        self._ids: dict[tuple[str, str], int] = {}
+        self._names: dict[int, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
     def snapshot(self, record: TaskRecord) -> TaskModel:
@@ -130,6 +134,23 @@ class ModelCache:
     def remember(self, record: TaskRecord, model: TaskModel) -> None:
         with self._lock:
             self._models[record.id] = (record.version, model)
+            self._ids[(record.namespace, record.name)] = record.id
+            self._names[record.id] = (record.namespace, record.name)
+
+    def name_of(self, task_id: int) -> tuple[str, str] | None:
+        """`(namespace, name)` of a task this server has seen (they never change)."""
+        with self._lock:
+            return self._names.get(task_id)
+
+    def lookup(self, namespace: str, name: str) -> tuple[int, int, TaskModel] | None:
+        """`(task id, version, model)` last seen for a task; the registry may have
+        moved on since (another server's report), so callers check the version."""
+        with self._lock:
+            task_id = self._ids.get((namespace, name))
+            if task_id is None:
+                return None
+            version, model = self._models[task_id]
+        return task_id, version, model
 
 
 class RefitQueue:
@@ -216,6 +237,7 @@ class Advisor:
         self.default_config = default_config or TaskConfig()
         self.clock = clock
         self.models = ModelCache()
+        self.load = ClusterLoad(registry)
         self.refits = RefitQueue(self) if background_refit else None
 
     @contextmanager
@@ -235,43 +257,79 @@ class Advisor:
                 self.refit(record.namespace, record.name)
 
     def recommend(self, ref: TaskRef, params: RecommendParams) -> Recommendation:
-        """SPEC 5 and 6: decide, open a lease, store the re-probe counters."""
+        """SPEC 5 and 6: decide, open a lease, store the re-probe counters.
+
+        A task whose cached model is still the registry's current version, and whose
+        decision leaves the re-probe counters as they were (every steady-state
+        decision at s > 1), needs one INSERT and no task lock. Anything else takes
+        the task's lock and decides on the stored model.
+        """
+        now = self.clock()
+        load = params.cluster_load
+        if load is None:
+            load = float(self.load.current(now))
+        cached = self.models.lookup(ref.namespace, ref.model_name)
+        if cached is not None:
+            task_id, version, model = cached
+            decision, counters = self._plan(model, params, load)
+            if counters == (model.state.ones_streak, model.state.reprobe_wait):
+                lease_id, expires = self._new_lease(model, params, now)
+                if self.registry.open_lease_at_version(
+                    task_id,
+                    version,
+                    lease_id,
+                    **self._lease_fields(ref, params, decision) | {"expires_at": expires},
+                ):
+                    self.load.opened(lease_id, decision.parallelism, expires)
+                    return Recommendation(lease_id, decision, expires)
         with self._task(ref, create=True) as (tx, model):
-            load = params.cluster_load
-            if load is None:
-                load = float(tx.cluster_load(now=self.clock()))
-            counters = (model.state.ones_streak, model.state.reprobe_wait)
-            decision = model.decide(
-                input_size=params.input_size,
-                cluster_load=load,
-                urgency=params.urgency,
-                resource_exponent=params.resource_exponent,
-                deadline_seconds=params.deadline_seconds,
-                confidence=params.confidence,
-                min_parallelism=params.min_parallelism,
-                max_parallelism=params.max_parallelism,
-                strategy=params.strategy,
-            )
-            lease_seconds = params.lease_seconds or model.config.lease_seconds
-            expires = self.clock() + timedelta(seconds=lease_seconds)
-            lease_id = str(uuid.uuid4())
+            decision, counters = self._plan(model, params, load)
+            lease_id, expires = self._new_lease(model, params, now)
             tx.open_lease(
-                lease_id,
-                parallelism=decision.parallelism,
-                cluster_load=load,
-                input_size=params.input_size,
-                expires_at=expires,
-                workflow=ref.workflow,
-                task=ref.task,
+                lease_id, **self._lease_fields(ref, params, decision) | {"expires_at": expires}
             )
-            # Most decisions leave the re-probe counters as they were; rewriting the
-            # whole state then would only cost time.
-            if (model.state.ones_streak, model.state.reprobe_wait) != counters:
+            # Rewriting the whole state only when the counters moved saves time.
+            if counters != (model.state.ones_streak, model.state.reprobe_wait):
+                model.state.ones_streak, model.state.reprobe_wait = counters
                 record = tx.save(state=model.state_dict())
             else:
                 record = tx.record
         self.models.remember(record, model)
+        self.load.opened(lease_id, decision.parallelism, expires)
         return Recommendation(lease_id, decision, expires)
+
+    @staticmethod
+    def _plan(
+        model: TaskModel, params: RecommendParams, load: float
+    ) -> tuple[Decision, tuple[int, int]]:
+        return model.plan(
+            input_size=params.input_size,
+            cluster_load=load,
+            urgency=params.urgency,
+            resource_exponent=params.resource_exponent,
+            deadline_seconds=params.deadline_seconds,
+            confidence=params.confidence,
+            min_parallelism=params.min_parallelism,
+            max_parallelism=params.max_parallelism,
+            strategy=params.strategy,
+        )
+
+    @staticmethod
+    def _new_lease(
+        model: TaskModel, params: RecommendParams, now: datetime
+    ) -> tuple[str, datetime]:
+        lease_seconds = params.lease_seconds or model.config.lease_seconds
+        return str(uuid.uuid4()), now + timedelta(seconds=lease_seconds)
+
+    @staticmethod
+    def _lease_fields(ref: TaskRef, params: RecommendParams, decision: Decision) -> dict[str, Any]:
+        return {
+            "parallelism": decision.parallelism,
+            "cluster_load": decision.cluster_load,
+            "input_size": params.input_size,
+            "workflow": ref.workflow,
+            "task": ref.task,
+        }
 
     def report(self, report: Report) -> ReportOutcome:
         """SPEC 4: store the run once (by execution id) and learn from it."""
@@ -282,31 +340,26 @@ class Advisor:
                 raise NotFoundError(
                     "recommendation_id", f"no recommendation {report.recommendation_id!r}"
                 )
-            record = self.registry.get_task_by_id(lease.task_id)
-            if record is None:
-                raise NotFoundError("recommendation_id", "the recommendation's task is gone")
-            check_namespace(record.namespace, field="recommendation_id")
-            ref = TaskRef(record.namespace, "", "", model_key=record.name)
+            known = self.models.name_of(lease.task_id)
+            if known is None:
+                record = self.registry.get_task_by_id(lease.task_id)
+                if record is None:
+                    raise NotFoundError("recommendation_id", "the recommendation's task is gone")
+                known = (record.namespace, record.name)
+            namespace, name = known
+            check_namespace(namespace, field="recommendation_id")
+            ref = TaskRef(namespace, "", "", model_key=name)
             if lease.workflow is not None and lease.task is not None:
                 workflow, task = lease.workflow, lease.task
             else:  # a lease from before revision 0002
-                workflow, _, task = record.name.partition("/")
+                workflow, _, task = name.partition("/")
         else:
             assert report.task is not None and report.parallelism is not None
             ref = report.task
             workflow, task = ref.workflow, ref.task
-            record = self.registry.get_task(ref.namespace, ref.model_name)
-        if record is not None and self.models.snapshot(record).needs_refit:
-            # The report must see the GP of the previous report (TaskModel.observe);
-            # fitting it here, outside the task's lock, keeps Recommends unblocked.
-            self.refit(record.namespace, record.name)
+        self._refit_if_lagging(ref.namespace, ref.model_name)
         now = self.clock()
         with self._task(ref, create=lease is None) as (tx, model):
-            existing = tx.find_observation(report.execution_id)
-            if existing is not None:
-                return ReportOutcome(False, model.summary())
-            if lease is not None:
-                tx.close_lease(lease.id, now=now)
             parallelism = lease.parallelism if lease is not None else report.parallelism
             assert parallelism is not None
             load = report.cluster_load
@@ -322,21 +375,26 @@ class Advisor:
                 cluster_load=load,
                 startup_seconds=report.startup_seconds,
             )
-            tx.add_observation(
-                NewObservation(
-                    execution_id=report.execution_id,
-                    workflow=report.task.workflow if report.task else workflow,
-                    task=report.task.task if report.task else task,
-                    recommendation_id=report.recommendation_id,
-                    parallelism=parallelism,
-                    input_size=size,
-                    cluster_load=load,
-                    duration_seconds=report.duration_seconds,
-                    startup_seconds=report.startup_seconds,
-                    outcome="succeeded" if report.succeeded else "failed",
-                    created_at=now,
+            try:
+                # Added before anything else is written: a duplicate then changes nothing.
+                tx.add_observation(
+                    NewObservation(
+                        execution_id=report.execution_id,
+                        workflow=report.task.workflow if report.task else workflow,
+                        task=report.task.task if report.task else task,
+                        recommendation_id=report.recommendation_id,
+                        parallelism=parallelism,
+                        input_size=size,
+                        cluster_load=load,
+                        duration_seconds=report.duration_seconds,
+                        startup_seconds=report.startup_seconds,
+                        outcome="succeeded" if report.succeeded else "failed",
+                        created_at=now,
+                    )
                 )
-            )
+            except DuplicateExecutionError:
+                return ReportOutcome(False, model.summary())
+            closed = lease is not None and tx.close_lease(lease.id, now=now)
             if report.succeeded:
                 # A failed run closes its lease but teaches nothing (its time is not
                 # the task's time at that width).
@@ -344,8 +402,23 @@ class Advisor:
                 record = tx.save(state=model.state_dict())
             else:
                 record = tx.record
+        if closed:
+            assert lease is not None
+            self.load.closed(lease.id, lease.parallelism, lease.expires_at)
         self._after_write(record, model)
         return ReportOutcome(True, model.summary())
+
+    def _refit_if_lagging(self, namespace: str, name: str) -> None:
+        """The report must see the GP of the previous report (`TaskModel.observe`);
+        fitting it here, outside the task's lock, keeps Recommends unblocked."""
+        cached = self.models.lookup(namespace, name)
+        if cached is not None:
+            lagging = cached[2].needs_refit
+        else:
+            record = self.registry.get_task(namespace, name)
+            lagging = record is not None and self.models.snapshot(record).needs_refit
+        if lagging:
+            self.refit(namespace, name)
 
     def refit(self, namespace: str, name: str) -> None:
         """Re-optimise one task's GP and store it if nothing moved on meanwhile."""
@@ -366,8 +439,7 @@ class Advisor:
                 return
             # Only the GP fields are taken: decisions made meanwhile moved the
             # re-probe counters, which the refit must not roll back.
-            stored.state.gp_theta = model.state.gp_theta
-            stored.state.gp_version = model.state.gp_version
+            stored.adopt_refit(model)
             saved = tx.save(state=stored.state_dict())
         self.models.remember(saved, stored)
 

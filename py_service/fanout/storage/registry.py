@@ -53,7 +53,7 @@ from fanout.storage.errors import (
     TaskNotFoundError,
     TransactionConflictError,
 )
-from fanout.storage.models import JsonDict, LeaseRow, ObservationRow, TaskRow
+from fanout.storage.models import JsonDict, LeaseRow, ObservationRow, TaskRow, UtcDateTime
 from fanout.storage.records import (
     LeaseRecord,
     NewObservation,
@@ -104,6 +104,13 @@ class Registry:
         self._engine: Engine = create_registry_engine(
             self._url, connect_timeout=connect_timeout, lock_timeout=lock_timeout
         )
+        self._lease_sql = _open_lease_at_version_sql(self.dialect)
+        dialect = self._engine.dialect
+        self._lease_binds = {
+            name: process
+            for name in ("created_at", "expires_at")
+            if (process := UtcDateTime().bind_processor(dialect)) is not None
+        }
         # SQLite allows one writer: write transactions take its lock at BEGIN.
         self._write_engine: Engine = (
             self._engine.execution_options(**{SQLITE_IMMEDIATE: True})
@@ -217,6 +224,61 @@ class Registry:
         """Sum of `parallelism` over open, unexpired leases of the whole registry (SPEC 6)."""
         with self._session() as session:
             return _cluster_load(session, now)
+
+    def open_lease_at_version(
+        self,
+        task_id: int,
+        version: int,
+        lease_id: str,
+        *,
+        parallelism: int,
+        cluster_load: float,
+        input_size: float | None,
+        expires_at: datetime,
+        workflow: str | None = None,
+        task: str | None = None,
+    ) -> bool:
+        """Opens a lease only while the task is still at `version`; False when it moved
+        on or is gone. One statement and no task lock: a recommendation from a model
+        that is still current needs nothing else from the registry."""
+        values = _lease_values(
+            lease_id,
+            parallelism=parallelism,
+            cluster_load=cluster_load,
+            input_size=input_size,
+            expires_at=expires_at,
+            workflow=workflow,
+            task=task,
+        )
+        values.update(task_id=_check_task_id(task_id), version=int(version))
+        for name, process in self._lease_binds.items():
+            values[name] = process(values[name])
+        # On the driver's connection: SQLAlchemy's execution machinery cost three
+        # times the statement itself, on the one write every Recommend makes. On
+        # SQLite the statement commits by itself (the driver runs in autocommit).
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._lease_sql, values)
+                inserted = int(cursor.rowcount) == 1
+            finally:
+                cursor.close()
+            connection.commit()
+        except self._engine.dialect.loaded_dbapi.Error as exc:
+            wrapped = DBAPIError.instance(
+                self._lease_sql,
+                values,
+                exc,
+                self._engine.dialect.loaded_dbapi.Error,
+                dialect=self._engine.dialect,
+            )
+            if self._engine.dialect.is_disconnect(exc, connection.dbapi_connection, None):
+                connection.invalidate(exc)
+            raise self._translate(wrapped) from exc
+        finally:
+            connection.close()
+        return inserted
 
     def purge_leases(self, *, before: datetime) -> int:
         """Deletes leases closed or expired before `before`; returns how many."""
@@ -471,27 +533,19 @@ class TaskTransaction:
     ) -> LeaseRecord:
         """Records a recommendation in flight for this task (SPEC section 6); `workflow`
         and `task` name the workflow task that asked (several may share one model)."""
-        check_lease_id("lease_id", lease_id)
-        check_parallelism("parallelism", parallelism)
-        check_number("cluster_load", cluster_load, minimum=0.0, inclusive=True)
-        if input_size is not None:
-            check_number("input_size", input_size, minimum=0.0, inclusive=False)
-        check_aware("expires_at", expires_at)
+        values = _lease_values(
+            lease_id,
+            parallelism=parallelism,
+            cluster_load=cluster_load,
+            input_size=input_size,
+            expires_at=expires_at,
+            workflow=workflow,
+            task=task,
+        )
         self._check_open()
         statement = (
             self._registry._insert(LeaseRow)
-            .values(
-                id=lease_id,
-                task_id=self.record.id,
-                parallelism=parallelism,
-                cluster_load=float(cluster_load),
-                input_size=_optional_float(input_size),
-                workflow=None if workflow is None else check_name("workflow", workflow),
-                task=None if task is None else check_name("task", task),
-                created_at=utc_now(),
-                expires_at=expires_at,
-                closed_at=None,
-            )
+            .values(task_id=self.record.id, closed_at=None, **values)
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(LeaseRow)
         )
@@ -533,6 +587,57 @@ class TaskTransaction:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the task transaction has ended; open a new one")
+
+
+def _lease_values(
+    lease_id: str,
+    *,
+    parallelism: int,
+    cluster_load: float,
+    input_size: float | None,
+    expires_at: datetime,
+    workflow: str | None,
+    task: str | None,
+) -> dict[str, Any]:
+    """A lease's columns, checked (everything but `task_id` and `closed_at`)."""
+    check_lease_id("lease_id", lease_id)
+    check_parallelism("parallelism", parallelism)
+    check_number("cluster_load", cluster_load, minimum=0.0, inclusive=True)
+    if input_size is not None:
+        check_number("input_size", input_size, minimum=0.0, inclusive=False)
+    return {
+        "id": lease_id,
+        "parallelism": parallelism,
+        "cluster_load": float(cluster_load),
+        "input_size": _optional_float(input_size),
+        "workflow": None if workflow is None else check_name("workflow", workflow),
+        "task": None if task is None else check_name("task", task),
+        "created_at": utc_now(),
+        "expires_at": check_aware("expires_at", expires_at),
+    }
+
+
+def _open_lease_at_version_sql(dialect: str) -> str:
+    """INSERT of a lease that selects the task row only at the expected version."""
+    columns = (
+        "id",
+        "parallelism",
+        "cluster_load",
+        "input_size",
+        "workflow",
+        "task",
+        "created_at",
+        "expires_at",
+    )
+    if dialect == "sqlite":
+        marks = [f":{name}" for name in (*columns, "task_id", "version")]
+    else:
+        marks = [f"%({name})s" for name in (*columns, "task_id", "version")]
+    return (
+        f"INSERT INTO {LeaseRow.__tablename__} (id, task_id, {', '.join(columns[1:])}) "
+        f"SELECT {marks[0]}, id, {', '.join(marks[1 : len(columns)])} "
+        f"FROM {TaskRow.__tablename__} WHERE id = {marks[-2]} AND version = {marks[-1]}"
+    )
 
 
 def _cluster_load(session: Session, now: datetime | None) -> int:
