@@ -170,17 +170,18 @@ def _task(view: TaskView) -> pb.Task:
     return message
 
 
-def _candidates(decision: Decision) -> list[pb.Candidate]:
-    return [
-        pb.Candidate(parallelism=int(s), mean_seconds=m, sd_seconds=d, score=c)
-        for s, m, d, c in zip(
-            decision.candidate_s.tolist(),
-            decision.candidate_mean.tolist(),
-            decision.candidate_sd.tolist(),
-            decision.candidate_score.tolist(),
-            strict=True,
-        )
-    ]
+def _add_candidates(response: pb.RecommendResponse, decision: Decision) -> None:
+    # `add` with keywords builds each row in place: half the time of a list of
+    # `pb.Candidate` messages copied in, on every Recommend.
+    add = response.candidates.add
+    for s, mean, sd, score in zip(
+        decision.candidate_s.tolist(),
+        decision.candidate_mean.tolist(),
+        decision.candidate_sd.tolist(),
+        decision.candidate_score.tolist(),
+        strict=True,
+    ):
+        add(parallelism=int(s), mean_seconds=mean, sd_seconds=sd, score=score)
 
 
 # -- the servicer ---------------------------------------------------------------------
@@ -239,14 +240,13 @@ class AdvisorServicer(advisor_pb2_grpc.AdvisorServiceServicer):
             result = self._advisor.recommend(ref, params)
             decision = result.decision
             self._metrics.decisions.labels(decision.phase.value).inc()
-            return pb.RecommendResponse(
+            response = pb.RecommendResponse(
                 recommendation_id=result.recommendation_id,
                 parallelism=decision.parallelism,
                 predicted_seconds=decision.mean_seconds,
                 predicted_sd_seconds=decision.sd_seconds,
                 phase=PHASES[decision.phase],
                 bounds=pb.Bounds(lower=decision.bounds[0], upper=decision.bounds[1]),
-                candidates=_candidates(decision),
                 cluster_load=decision.cluster_load,
                 gamma=decision.gamma,
                 model_version=decision.model_version,
@@ -254,6 +254,8 @@ class AdvisorServicer(advisor_pb2_grpc.AdvisorServiceServicer):
                 deadline_unreachable=decision.deadline_unreachable,
                 lease_expires_at=_timestamp(result.lease_expires_at),
             )
+            _add_candidates(response, decision)
+            return response
         raise AssertionError("unreachable")  # pragma: no cover
 
     def ReportExecution(

@@ -94,6 +94,9 @@ def create_registry_engine(
         else {"pool_pre_ping": True, "pool_timeout": max(connect_timeout, lock_timeout)}
     )
     if url.get_backend_name() == "sqlite":
+        # A local file has no connection to lose; the ping would only cost a statement
+        # on every checkout.
+        pool_args.pop("pool_pre_ping", None)
         engine = _sqlite_engine(
             url, lock_timeout=lock_timeout, foreign_keys=not for_migrations, pool_args=pool_args
         )

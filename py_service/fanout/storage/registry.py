@@ -16,8 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,6 +112,10 @@ class Registry:
             for name in ("created_at", "expires_at")
             if (process := UtcDateTime().bind_processor(dialect)) is not None
         }
+        # SQLite allows one writer at a time, and a writer that finds the file locked
+        # sleeps in SQLite's busy handler (1, 2, 5, 10 ... ms). Threads of this process
+        # queue on a lock instead and wake the moment the writer before them is done.
+        self._sqlite_writer = threading.Lock() if self.dialect == "sqlite" else None
         # SQLite allows one writer: write transactions take its lock at BEGIN.
         self._write_engine: Engine = (
             self._engine.execution_options(**{SQLITE_IMMEDIATE: True})
@@ -256,6 +261,10 @@ class Registry:
         # On the driver's connection: SQLAlchemy's execution machinery cost three
         # times the statement itself, on the one write every Recommend makes. On
         # SQLite the statement commits by itself (the driver runs in autocommit).
+        with self._writer():
+            return self._open_lease_at_version(values)
+
+    def _open_lease_at_version(self, values: dict[str, Any]) -> bool:
         connection = self._engine.raw_connection()
         try:
             cursor = connection.cursor()
@@ -377,9 +386,32 @@ class Registry:
 
     # -- the transaction scope ----------------------------------------------------------
 
+    def _writer(self, *, write: bool = True) -> AbstractContextManager[object]:
+        """Held around every write on SQLite (see `__init__`); nothing on PostgreSQL."""
+        if self._sqlite_writer is None or not write:
+            return nullcontext()
+        return self._queued_writer(self._sqlite_writer)
+
+    @contextmanager
+    def _queued_writer(self, lock: threading.Lock) -> Iterator[None]:
+        if not lock.acquire(timeout=self._lock_timeout):
+            raise RegistryUnavailableError(
+                f"registry at {self.safe_url} is busy: no write turn within "
+                f"{self._lock_timeout:g} s"
+            )
+        try:
+            yield
+        finally:
+            lock.release()
+
     @contextmanager
     def _session(self, *, write: bool = False) -> Iterator[Session]:
         """The one transaction scope: commits on success, rolls back on any exception."""
+        with self._writer(write=write), self._transaction(write=write) as session:
+            yield session
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Session]:
         session = Session(
             self._write_engine if write else self._engine,
             expire_on_commit=False,
