@@ -35,6 +35,18 @@ def every_registry_call(registry: Registry) -> list[tuple[str, Callable[[], obje
         ("observations", lambda: registry.observations(1)),
         ("count_observations", registry.count_observations),
         ("task_transaction", transaction),
+        (
+            "open_lease_at_version",
+            lambda: registry.open_lease_at_version(
+                1,
+                1,
+                "lease",
+                parallelism=1,
+                cluster_load=0.0,
+                input_size=None,
+                expires_at=datetime.now(UTC) + timedelta(hours=1),
+            ),
+        ),
     ]
 
 

@@ -265,29 +265,33 @@ class Registry:
             return self._open_lease_at_version(values)
 
     def _open_lease_at_version(self, values: dict[str, Any]) -> bool:
-        connection = self._engine.raw_connection()
+        dbapi_error = self._engine.dialect.loaded_dbapi.Error
+        connection = None
         try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(self._lease_sql, values)
-                inserted = int(cursor.rowcount) == 1
-            finally:
-                cursor.close()
-            connection.commit()
-        except self._engine.dialect.loaded_dbapi.Error as exc:
-            wrapped = DBAPIError.instance(
-                self._lease_sql,
-                values,
-                exc,
-                self._engine.dialect.loaded_dbapi.Error,
-                dialect=self._engine.dialect,
-            )
-            if self._engine.dialect.is_disconnect(exc, connection.dbapi_connection, None):
+            with self._translate_errors():
+                connection = self._engine.raw_connection()
+                cursor = connection.cursor()
+                try:
+                    cursor.execute(self._lease_sql, values)
+                    inserted = int(cursor.rowcount) == 1
+                finally:
+                    cursor.close()
+                connection.commit()
+                return inserted
+        except dbapi_error as exc:
+            # The driver's own errors (connecting included) get the same translation
+            # as those SQLAlchemy wraps.
+            if connection is not None and self._engine.dialect.is_disconnect(
+                exc, connection.dbapi_connection, None
+            ):
                 connection.invalidate(exc)
+            wrapped = DBAPIError.instance(
+                self._lease_sql, values, exc, dbapi_error, dialect=self._engine.dialect
+            )
             raise self._translate(wrapped) from exc
         finally:
-            connection.close()
-        return inserted
+            if connection is not None:
+                connection.close()
 
     def purge_leases(self, *, before: datetime) -> int:
         """Deletes leases closed or expired before `before`; returns how many."""
