@@ -270,13 +270,23 @@ class Registry:
         try:
             with self._translate_errors():
                 connection = self._engine.raw_connection()
-                cursor = connection.cursor()
+                driver = connection.dbapi_connection
+                # One statement needs no transaction: on PostgreSQL autocommit saves
+                # the COMMIT round trip (SQLite's driver is in autocommit already).
+                autocommit = self.dialect == "postgresql"
+                if autocommit:
+                    driver.autocommit = True  # type: ignore[union-attr]
                 try:
-                    cursor.execute(self._lease_sql, values)
-                    inserted = int(cursor.rowcount) == 1
+                    cursor = connection.cursor()
+                    try:
+                        cursor.execute(self._lease_sql, values)
+                        inserted = int(cursor.rowcount) == 1
+                    finally:
+                        cursor.close()
+                    connection.commit()
                 finally:
-                    cursor.close()
-                connection.commit()
+                    if autocommit:
+                        driver.autocommit = False  # type: ignore[union-attr]
                 return inserted
         except dbapi_error as exc:
             # The driver's own errors (connecting included) get the same translation
