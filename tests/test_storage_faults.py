@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from fanout.storage import NewObservation, Registry, RegistryUnavailableError
+from fanout.storage.database import PING_AFTER_IDLE_SECONDS
 from tests.postgres import PostgresServer
 
 
@@ -96,10 +98,11 @@ def test_postgres_restart_is_survived(private_postgres_server: PostgresServer) -
             tx.save(state={"n": 1})
         assert registry.get_task("ns", "w/t") is not None  # a pooled connection now exists
 
-        # A restart while idle: pool_pre_ping swaps the dead pooled connection for a new
-        # one, so the first call after it already succeeds.
+        # A restart while idle: the pooled connection is pinged before use, found dead
+        # and replaced, so the first call after it already succeeds.
         server.stop("fast")
         server.start()
+        time.sleep(PING_AFTER_IDLE_SECONDS)
         assert registry.get_task("ns", "w/t") is not None
 
         server.stop("fast")

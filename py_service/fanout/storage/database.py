@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import platformdirs
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from fanout.storage.errors import InvalidFieldError
@@ -22,6 +23,9 @@ POSTGRES_DRIVERS = ("psycopg2", "psycopg")
 
 # Execution option read by the SQLite "begin" hook: take the write lock up front.
 SQLITE_IMMEDIATE = "fanout_sqlite_immediate"
+# A pooled PostgreSQL connection idle longer than this is pinged before use.
+PING_AFTER_IDLE_SECONDS = 0.5
+_LAST_USED = "fanout_last_used"
 
 
 def default_database_url(data_dir: Path | None = None) -> str:
@@ -91,12 +95,9 @@ def create_registry_engine(
     pool_args: dict[str, Any] = (
         {"poolclass": NullPool}
         if for_migrations
-        else {"pool_pre_ping": True, "pool_timeout": max(connect_timeout, lock_timeout)}
+        else {"pool_timeout": max(connect_timeout, lock_timeout)}
     )
     if url.get_backend_name() == "sqlite":
-        # A local file has no connection to lose; the ping would only cost a statement
-        # on every checkout.
-        pool_args.pop("pool_pre_ping", None)
         engine = _sqlite_engine(
             url, lock_timeout=lock_timeout, foreign_keys=not for_migrations, pool_args=pool_args
         )
@@ -114,7 +115,42 @@ def create_registry_engine(
         "keepalives_interval": 10,
         "keepalives_count": 3,
     }
-    return create_engine(url, connect_args=connect_args, **pool_args)
+    engine = create_engine(url, connect_args=connect_args, **pool_args)
+    if not for_migrations:
+        _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a pooled connection before use only if it sat idle for a while.
+
+    SQLAlchemy's `pool_pre_ping` pings on every checkout: a round trip on every
+    transaction, a fifth of a report's and half of a Recommend's. A connection in
+    steady use was just seen working (HikariCP's `aliveBypassWindowMs` makes the same
+    bet, with the same 500 ms); one that sat idle may be dead (a restarted server),
+    and a failed ping makes the pool connect afresh. A server restarted within the
+    window fails the next use of such a connection once, as UNAVAILABLE, which
+    clients retry.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        last_used = record.info.get(_LAST_USED)
+        if last_used is not None and time.monotonic() - last_used < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool discards this connection and checks out another (or a new one).
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
 def _sqlite_engine(
