@@ -1,8 +1,9 @@
 """The registry: tasks, their observations and the leases that make up the cluster load.
 
 Every database access goes through `Registry._session`, the only place that commits or
-rolls back. Raw driver errors never leave this module: they become the errors of
-`fanout.storage.errors`.
+rolls back, except `open_lease_at_version`: one self-committing statement on the
+driver's connection, the write of every `Recommend`. Raw driver errors never leave this
+module: they become the errors of `fanout.storage.errors`.
 
 Retries are left to the caller: `task_transaction` runs the caller's code, which may
 have done things outside the database, so rerunning it here would not be safe. On
