@@ -6,7 +6,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
+
+from sqlalchemy import Row
 
 from fanout.storage.errors import InvalidFieldError
 from fanout.storage.models import (
@@ -109,7 +111,7 @@ class ObservationRecord:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: ObservationRow) -> ObservationRecord:
+    def from_row(cls, row: ObservationRow | Row[Any]) -> ObservationRecord:
         outcome: Outcome = "succeeded" if row.outcome == "succeeded" else "failed"
         return cls(
             seq=row.seq,

@@ -18,12 +18,12 @@ import base64
 import binascii
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, delete, func, or_, select, update
+from sqlalchemy import Engine, Select, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import (
@@ -36,6 +36,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from fanout.storage import migrations
 from fanout.storage.database import (
@@ -107,6 +108,7 @@ class Registry:
             self._url, connect_timeout=connect_timeout, lock_timeout=lock_timeout
         )
         self._lease_sql = _open_lease_at_version_sql(self.dialect)
+        self._observation_insert = _observation_insert(self._insert)
         dialect = self._engine.dialect
         self._lease_binds = {
             name: process
@@ -369,8 +371,8 @@ class Registry:
         self, session: Session, namespace: str, name: str, config: JsonDict | None
     ) -> tuple[TaskRow, bool]:
         # FOR UPDATE is a no-op on SQLite, where BEGIN IMMEDIATE already holds the lock.
-        locking_query = _task_query(namespace, name).with_for_update()
-        row = session.scalars(locking_query).one_or_none()
+        key = {"namespace": namespace, "name": name}
+        row = session.scalars(_LOCK_TASK, key).one_or_none()
         if row is not None:
             return row, False
         if config is None:
@@ -391,7 +393,7 @@ class Registry:
             .on_conflict_do_nothing(index_elements=["namespace", "name"])
         )
         created = _rowcount(inserted) == 1
-        row = session.scalars(locking_query).one()
+        row = session.scalars(_LOCK_TASK, key).one()
         return row, created
 
     def _insert(self, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
@@ -519,27 +521,22 @@ class TaskTransaction:
         if not isinstance(observation, NewObservation):
             raise InvalidFieldError("observation", "must be a NewObservation")
         self._check_open()
-        statement = (
-            self._registry._insert(ObservationRow)
-            .values(
-                task_id=self.record.id,
-                execution_id=observation.execution_id,
-                workflow=observation.workflow,
-                task=observation.task,
-                recommendation_id=observation.recommendation_id,
-                parallelism=observation.parallelism,
-                input_size=_optional_float(observation.input_size),
-                cluster_load=float(observation.cluster_load),
-                duration_seconds=float(observation.duration_seconds),
-                startup_seconds=_optional_float(observation.startup_seconds),
-                outcome=observation.outcome,
-                created_at=observation.created_at or utc_now(),
-            )
-            .on_conflict_do_nothing(index_elements=["task_id", "execution_id"])
-            .returning(ObservationRow)
-        )
+        values = {
+            "task_id": self.record.id,
+            "execution_id": observation.execution_id,
+            "workflow": observation.workflow,
+            "task": observation.task,
+            "recommendation_id": observation.recommendation_id,
+            "parallelism": observation.parallelism,
+            "input_size": _optional_float(observation.input_size),
+            "cluster_load": float(observation.cluster_load),
+            "duration_seconds": float(observation.duration_seconds),
+            "startup_seconds": _optional_float(observation.startup_seconds),
+            "outcome": observation.outcome,
+            "created_at": observation.created_at or utc_now(),
+        }
         with self._registry._translate_errors():
-            row = self._session.scalars(statement).one_or_none()
+            row = self._session.execute(self._registry._observation_insert, values).one_or_none()
         if row is None:
             raise DuplicateExecutionError(observation.execution_id)
         return ObservationRecord.from_row(row)
@@ -664,6 +661,20 @@ def _lease_values(
     }
 
 
+def _observation_insert(
+    dialect_insert: Callable[[type[Any]], postgresql.Insert | sqlite.Insert],
+) -> ReturningInsert[Any]:
+    """The report INSERT, built once: composing it per report from a dozen values cost
+    about a millisecond of SQLAlchemy, three times the statement's round trip."""
+    columns = [c.name for c in ObservationRow.__table__.c if c.name != "seq"]
+    return (
+        dialect_insert(ObservationRow)
+        .values({name: bindparam(name) for name in columns})
+        .on_conflict_do_nothing(index_elements=["task_id", "execution_id"])
+        .returning(*ObservationRow.__table__.c)
+    )
+
+
 def _open_lease_at_version_sql(dialect: str) -> str:
     """INSERT of a lease that selects the task row only at the expected version."""
     columns = (
@@ -697,6 +708,14 @@ def _cluster_load(session: Session, now: datetime | None) -> int:
 
 def _task_query(namespace: str, name: str) -> Select[TaskRow]:
     return select(TaskRow).where(TaskRow.namespace == namespace, TaskRow.name == name)
+
+
+# Built once: every report and every locked Recommend starts with it.
+_LOCK_TASK = (
+    select(TaskRow)
+    .where(TaskRow.namespace == bindparam("namespace"), TaskRow.name == bindparam("name"))
+    .with_for_update()
+)
 
 
 def _observations_query(
