@@ -604,14 +604,9 @@ class TaskTransaction:
         check_lease_id("lease_id", lease_id)
         check_aware("now", now)
         self._check_open()
-        statement = (
-            update(LeaseRow)
-            .where(LeaseRow.id == lease_id, LeaseRow.closed_at.is_(None))
-            .values(closed_at=now)
-            .execution_options(synchronize_session=False)
-        )
         with self._registry._translate_errors():
-            return _rowcount(self._session.execute(statement)) == 1
+            closing = self._session.execute(_CLOSE_LEASE, {"lease_id": lease_id, "now": now})
+            return _rowcount(closing) == 1
 
     def save(self, *, config: JsonDict | None = None, state: JsonDict | None = None) -> TaskRecord:
         """Writes what is given and bumps the version by one; returns the task as saved."""
@@ -709,6 +704,14 @@ def _cluster_load(session: Session, now: datetime | None) -> int:
 def _task_query(namespace: str, name: str) -> Select[TaskRow]:
     return select(TaskRow).where(TaskRow.namespace == namespace, TaskRow.name == name)
 
+
+# Built once, as the report's other statements.
+_CLOSE_LEASE = (
+    update(LeaseRow)
+    .where(LeaseRow.id == bindparam("lease_id"), LeaseRow.closed_at.is_(None))
+    .values(closed_at=bindparam("now", type_=UtcDateTime()))
+    .execution_options(synchronize_session=False)
+)
 
 # Built once: every report and every locked Recommend starts with it.
 _LOCK_TASK = (
