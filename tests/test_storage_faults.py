@@ -49,6 +49,24 @@ def every_registry_call(registry: Registry) -> list[tuple[str, Callable[[], obje
                 expires_at=datetime.now(UTC) + timedelta(hours=1),
             ),
         ),
+        (
+            "report_at_version",
+            lambda: registry.report_at_version(
+                1,
+                1,
+                NewObservation(
+                    execution_id="run",
+                    workflow="w",
+                    task="t",
+                    parallelism=1,
+                    cluster_load=0.0,
+                    duration_seconds=1.0,
+                ),
+                state={},
+                lease_id=None,
+                now=datetime.now(UTC),
+            ),
+        ),
     ]
 
 

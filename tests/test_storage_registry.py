@@ -534,6 +534,101 @@ def test_lease_at_version_opens_only_while_the_task_is_current(registry: Registr
     assert caught.value.field == "parallelism"
 
 
+def test_report_at_version_writes_run_state_and_lease_together(registry: Registry) -> None:
+    task_id = create_task(registry, "w/t")
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    lease = registry.open_lease_at_version(
+        task_id, 1, "lease-1", parallelism=4, cluster_load=0.0, input_size=None, expires_at=expires
+    )
+    assert lease is not None and registry.cluster_load() == 4
+    closing = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    # No input size and no start-up time: NULLs must reach float columns on every backend.
+    run = observation("run-1", recommendation_id="lease-1", created_at=closing)
+    written = registry.report_at_version(
+        task_id, 1, run, state={"learned": [1.5, None]}, lease_id="lease-1", now=closing
+    )
+    assert written is not None
+    assert (written.version, written.lease_closed) == (2, True)
+    stored = registry.get_task(NS, "w/t")
+    assert stored is not None
+    assert (stored.version, stored.state) == (2, {"learned": [1.5, None]})
+    assert stored.updated_at == written.updated_at
+    [kept] = registry.observations(task_id)
+    assert (kept.execution_id, kept.recommendation_id, kept.input_size) == (
+        "run-1",
+        "lease-1",
+        None,
+    )
+    assert (kept.parallelism, kept.cluster_load, kept.created_at) == (4, 2.0, closing)
+    closed = registry.get_lease("lease-1")
+    assert closed is not None and closed.closed_at == closing
+    assert registry.cluster_load() == 0
+
+    # A lease already closed stays as it was; the run is still stored.
+    again = registry.report_at_version(
+        task_id, 2, observation("run-2"), state={"n": 2}, lease_id="lease-1", now=expires
+    )
+    assert again is not None and (again.version, again.lease_closed) == (3, False)
+    closed_again = registry.get_lease("lease-1")
+    assert closed_again is not None and closed_again.closed_at == closing
+
+
+def test_report_at_version_writes_nothing_when_stale_or_repeated(registry: Registry) -> None:
+    task_id = create_task(registry, "w/t")
+    now = datetime.now(UTC)
+    assert registry.report_at_version(
+        task_id, 1, observation("run-1"), state={"n": 1}, lease_id=None, now=now
+    )
+    before = registry.get_task(NS, "w/t")
+    for version, execution_id in ((1, "run-2"), (2, "run-1"), (7, "run-3")):
+        # Stale version, repeated execution id, a version the task never had.
+        assert (
+            registry.report_at_version(
+                task_id, version, observation(execution_id), state={"n": 9}, lease_id=None, now=now
+            )
+            is None
+        )
+    assert registry.get_task(NS, "w/t") == before
+    assert [o.execution_id for o in registry.observations(task_id)] == ["run-1"]
+    assert (
+        registry.report_at_version(
+            task_id + 1000, 1, observation("run-4"), state={}, lease_id=None, now=now
+        )
+        is None
+    )
+    assert registry.count_observations() == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"observation": observation("x", outcome="failed")}, "observation"),
+        ({"state": {"bad": math.nan}}, "state"),
+        ({"lease_id": ""}, "lease_id"),
+        ({"task_id": "1"}, "task_id"),
+        ({"now": datetime(2026, 1, 1)}, "now"),
+    ],
+)
+def test_report_at_version_names_bad_arguments(
+    registry: Registry, overrides: dict[str, Any], field: str
+) -> None:
+    task_id = create_task(registry, "w/t")
+    arguments: dict[str, Any] = {
+        "task_id": task_id,
+        "version": 1,
+        "observation": observation("x"),
+        "state": {},
+        "lease_id": None,
+        "now": datetime.now(UTC),
+    }
+    with pytest.raises(InvalidFieldError) as caught:
+        registry.report_at_version(**(arguments | overrides))
+    assert caught.value.field == field
+    stored = registry.get_task(NS, "w/t")
+    assert stored is not None and stored.version == 1
+    assert registry.count_observations() == 0
+
+
 def test_cluster_load_spans_every_task(registry: Registry) -> None:
     expires = datetime.now(UTC) + timedelta(hours=1)
     for index, name in enumerate(("w/a", "w/b", "w/c")):

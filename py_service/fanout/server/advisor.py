@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 REFIT_RETRIES = 8  # with doubling waits from 1 s: about four minutes of outage
 REFIT_RETRY_SECONDS = 1.0
+# Recommendations in flight whose reports skip a registry read: about 2 MB.
+LEASE_CACHE_SIZE = 10_000
 
 
 class NotFoundError(LookupError):
@@ -133,9 +136,17 @@ class ModelCache:
 
     def remember(self, record: TaskRecord, model: TaskModel) -> None:
         with self._lock:
-            self._models[record.id] = (record.version, model)
             self._ids[(record.namespace, record.name)] = record.id
             self._names[record.id] = (record.namespace, record.name)
+        self.advance(record.id, record.version, model)
+
+    def advance(self, task_id: int, version: int, model: TaskModel) -> None:
+        """`model` as the task stands at `version`; an older version never replaces a
+        newer one (two writes of one task may finish in either order)."""
+        with self._lock:
+            cached = self._models.get(task_id)
+            if cached is None or cached[0] <= version:
+                self._models[task_id] = (version, model)
 
     def name_of(self, task_id: int) -> tuple[str, str] | None:
         """`(namespace, name)` of a task this server has seen (they never change)."""
@@ -151,6 +162,31 @@ class ModelCache:
                 return None
             version, model = self._models[task_id]
         return task_id, version, model
+
+
+class LeaseCache:
+    """The leases this server opened lately, so that their reports need not read them
+    back. A lease never changes but for being closed, which reports learn from the
+    registry; a lease missing here is read from the registry."""
+
+    def __init__(self, capacity: int = LEASE_CACHE_SIZE) -> None:
+        self._capacity = capacity
+        self._leases: OrderedDict[str, LeaseRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, lease: LeaseRecord) -> None:
+        with self._lock:
+            self._leases[lease.id] = lease
+            while len(self._leases) > self._capacity:
+                self._leases.popitem(last=False)
+
+    def get(self, lease_id: str) -> LeaseRecord | None:
+        with self._lock:
+            return self._leases.get(lease_id)
+
+    def discard(self, lease_id: str) -> None:
+        with self._lock:
+            self._leases.pop(lease_id, None)
 
 
 class RefitQueue:
@@ -169,8 +205,8 @@ class RefitQueue:
         self.fit_seconds: Callable[[float], None] = lambda _: None
         self._closed = False
 
-    def submit(self, record: TaskRecord) -> None:
-        self._submit(record.namespace, record.name, record.id, attempt=0)
+    def submit(self, namespace: str, name: str, task_id: int) -> None:
+        self._submit(namespace, name, task_id, attempt=0)
 
     def _submit(self, namespace: str, name: str, task_id: int, *, attempt: int) -> None:
         with self._lock:
@@ -238,6 +274,7 @@ class Advisor:
         self.clock = clock
         self.models = ModelCache()
         self.load = ClusterLoad(registry)
+        self.leases = LeaseCache()
         self.refits = RefitQueue(self) if background_refit else None
 
     @contextmanager
@@ -250,11 +287,14 @@ class Advisor:
 
     def _after_write(self, record: TaskRecord, model: TaskModel) -> None:
         self.models.remember(record, model)
+        self._refit_later(record.namespace, record.name, record.id, model)
+
+    def _refit_later(self, namespace: str, name: str, task_id: int, model: TaskModel) -> None:
         if model.needs_refit:
             if self.refits is not None:
-                self.refits.submit(record)
+                self.refits.submit(namespace, name, task_id)
             else:
-                self.refit(record.namespace, record.name)
+                self.refit(namespace, name)
 
     def recommend(self, ref: TaskRef, params: RecommendParams) -> Recommendation:
         """SPEC 5 and 6: decide, open a lease, store the re-probe counters.
@@ -274,18 +314,20 @@ class Advisor:
             decision, counters = self._plan(model, params, load)
             if counters == (model.state.ones_streak, model.state.reprobe_wait):
                 lease_id, expires = self._new_lease(model, params, now)
-                if self.registry.open_lease_at_version(
+                lease = self.registry.open_lease_at_version(
                     task_id,
                     version,
                     lease_id,
                     **self._lease_fields(ref, params, decision) | {"expires_at": expires},
-                ):
+                )
+                if lease is not None:
+                    self.leases.add(lease)
                     self.load.opened(lease_id, decision.parallelism, expires)
                     return Recommendation(lease_id, decision, expires)
         with self._task(ref, create=True) as (tx, model):
             decision, counters = self._plan(model, params, load)
             lease_id, expires = self._new_lease(model, params, now)
-            tx.open_lease(
+            lease = tx.open_lease(
                 lease_id, **self._lease_fields(ref, params, decision) | {"expires_at": expires}
             )
             # Rewriting the whole state only when the counters moved saves time.
@@ -295,6 +337,7 @@ class Advisor:
             else:
                 record = tx.record
         self.models.remember(record, model)
+        self.leases.add(lease)
         self.load.opened(lease_id, decision.parallelism, expires)
         return Recommendation(lease_id, decision, expires)
 
@@ -335,7 +378,9 @@ class Advisor:
         """SPEC 4: store the run once (by execution id) and learn from it."""
         lease: LeaseRecord | None = None
         if report.recommendation_id is not None:
-            lease = self.registry.get_lease(report.recommendation_id)
+            lease = self.leases.get(report.recommendation_id)
+            if lease is None:
+                lease = self.registry.get_lease(report.recommendation_id)
             if lease is None:
                 raise NotFoundError(
                     "recommendation_id", f"no recommendation {report.recommendation_id!r}"
@@ -353,45 +398,46 @@ class Advisor:
                 workflow, task = lease.workflow, lease.task
             else:  # a lease from before revision 0002
                 workflow, _, task = name.partition("/")
+            parallelism = lease.parallelism
+            load = lease.cluster_load if report.cluster_load is None else report.cluster_load
+            size = lease.input_size if report.input_size is None else report.input_size
         else:
             assert report.task is not None and report.parallelism is not None
             ref = report.task
             workflow, task = ref.workflow, ref.task
-        self._refit_if_lagging(ref.namespace, ref.model_name)
-        now = self.clock()
-        with self._task(ref, create=lease is None) as (tx, model):
-            parallelism = lease.parallelism if lease is not None else report.parallelism
-            assert parallelism is not None
-            load = report.cluster_load
-            if load is None:
-                load = lease.cluster_load if lease is not None else 0.0
+            parallelism = report.parallelism
+            load = 0.0 if report.cluster_load is None else report.cluster_load
             size = report.input_size
-            if size is None and lease is not None:
-                size = lease.input_size
-            observation = Observation(
-                parallelism=parallelism,
-                duration_seconds=report.duration_seconds,
-                input_size=size,
-                cluster_load=load,
-                startup_seconds=report.startup_seconds,
-            )
+        now = self.clock()
+        observation = Observation(
+            parallelism=parallelism,
+            duration_seconds=report.duration_seconds,
+            input_size=size,
+            cluster_load=load,
+            startup_seconds=report.startup_seconds,
+        )
+        stored = NewObservation(
+            execution_id=report.execution_id,
+            workflow=report.task.workflow if report.task else workflow,
+            task=report.task.task if report.task else task,
+            recommendation_id=report.recommendation_id,
+            parallelism=parallelism,
+            input_size=size,
+            cluster_load=load,
+            duration_seconds=report.duration_seconds,
+            startup_seconds=report.startup_seconds,
+            outcome="succeeded" if report.succeeded else "failed",
+            created_at=now,
+        )
+        self._refit_if_lagging(ref.namespace, ref.model_name)
+        if report.succeeded:
+            outcome = self._report_on_cached_model(ref, lease, observation, stored, now)
+            if outcome is not None:
+                return outcome
+        with self._task(ref, create=lease is None) as (tx, model):
             try:
                 # Added before anything else is written: a duplicate then changes nothing.
-                tx.add_observation(
-                    NewObservation(
-                        execution_id=report.execution_id,
-                        workflow=report.task.workflow if report.task else workflow,
-                        task=report.task.task if report.task else task,
-                        recommendation_id=report.recommendation_id,
-                        parallelism=parallelism,
-                        input_size=size,
-                        cluster_load=load,
-                        duration_seconds=report.duration_seconds,
-                        startup_seconds=report.startup_seconds,
-                        outcome="succeeded" if report.succeeded else "failed",
-                        created_at=now,
-                    )
-                )
+                tx.add_observation(stored)
             except DuplicateExecutionError:
                 return ReportOutcome(False, model.summary())
             closed = lease is not None and tx.close_lease(lease.id, now=now)
@@ -402,11 +448,51 @@ class Advisor:
                 record = tx.save(state=model.state_dict())
             else:
                 record = tx.record
-        if closed:
-            assert lease is not None
-            self.load.closed(lease.id, lease.parallelism, lease.expires_at)
+        if lease is not None:
+            self._lease_reported(lease, closed=closed)
         self._after_write(record, model)
         return ReportOutcome(True, model.summary())
+
+    def _report_on_cached_model(
+        self,
+        ref: TaskRef,
+        lease: LeaseRecord | None,
+        observation: Observation,
+        stored: NewObservation,
+        now: datetime,
+    ) -> ReportOutcome | None:
+        """A succeeded run of a task whose cached model is the registry's current
+        version: learn from it outside any lock, then write it only if the task is
+        still at that version and the execution id is new (one statement). None when
+        that did not hold; the report then takes the task's lock."""
+        cached = self.models.lookup(ref.namespace, ref.model_name)
+        if cached is None:
+            return None
+        task_id, version, current = cached
+        if current.needs_refit:
+            return None
+        model = current.clone()
+        model.observe(observation, refit=False)
+        written = self.registry.report_at_version(
+            task_id,
+            version,
+            stored,
+            state=model.state_dict(),
+            lease_id=None if lease is None else lease.id,
+            now=now,
+        )
+        if written is None:
+            return None
+        if lease is not None:
+            self._lease_reported(lease, closed=written.lease_closed)
+        self.models.advance(task_id, written.version, model)
+        self._refit_later(ref.namespace, ref.model_name, task_id, model)
+        return ReportOutcome(True, model.summary())
+
+    def _lease_reported(self, lease: LeaseRecord, *, closed: bool) -> None:
+        self.leases.discard(lease.id)
+        if closed:
+            self.load.closed(lease.id, lease.parallelism, lease.expires_at)
 
     def _refit_if_lagging(self, namespace: str, name: str) -> None:
         """The report must see the GP of the previous report (`TaskModel.observe`);

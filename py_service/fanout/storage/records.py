@@ -216,6 +216,12 @@ def check_aware(field_name: str, value: object) -> datetime:
 
 def check_json_document(field_name: str, value: object) -> JsonDict:
     """A private deep copy of `value` once it is known to be a plain JSON object."""
+    document: JsonDict = json.loads(json_text(field_name, value))
+    return document
+
+
+def json_text(field_name: str, value: object) -> str:
+    """`value` as JSON text, once it is known to be a plain JSON object."""
     if not isinstance(value, dict):
         kind = type(value).__name__
         raise InvalidFieldError(field_name, f"must be a JSON object (dict), got {kind}")
@@ -227,5 +233,14 @@ def check_json_document(field_name: str, value: object) -> JsonDict:
         raise InvalidFieldError(field_name, f"not plain JSON: {exc}") from exc
     if "\\u0000" in text:
         raise InvalidFieldError(field_name, "contains a NUL character (PostgreSQL refuses it)")
-    document: JsonDict = json.loads(text)
-    return document
+    return text
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportWrite:
+    """What `Registry.report_at_version` wrote: the task's new version and whether the
+    report closed its lease."""
+
+    version: int
+    updated_at: datetime
+    lease_closed: bool

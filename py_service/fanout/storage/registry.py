@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Select, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,6 +61,7 @@ from fanout.storage.records import (
     LeaseRecord,
     NewObservation,
     ObservationRecord,
+    ReportWrite,
     TaskRecord,
     check_aware,
     check_json_document,
@@ -68,7 +69,10 @@ from fanout.storage.records import (
     check_name,
     check_number,
     check_parallelism,
+    json_text,
 )
+
+_T = TypeVar("_T")
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -110,11 +114,10 @@ class Registry:
         self._lease_sql = _open_lease_at_version_sql(self.dialect)
         self._observation_insert = _observation_insert(self._insert)
         dialect = self._engine.dialect
-        self._lease_binds = {
-            name: process
-            for name in ("created_at", "expires_at")
-            if (process := UtcDateTime().bind_processor(dialect)) is not None
-        }
+        self._report_sql = _report_at_version_sql(self.dialect)
+        self._bind_time: Callable[[datetime], Any] = (
+            UtcDateTime().bind_processor(dialect) or _unchanged
+        )
         # SQLite allows one writer at a time, and a writer that finds the file locked
         # sleeps in SQLite's busy handler (1, 2, 5, 10 ... ms). Threads of this process
         # queue on a lock instead and wake the moment the writer before them is done.
@@ -245,10 +248,10 @@ class Registry:
         expires_at: datetime,
         workflow: str | None = None,
         task: str | None = None,
-    ) -> bool:
-        """Opens a lease only while the task is still at `version`; False when it moved
-        on or is gone. One statement and no task lock: a recommendation from a model
-        that is still current needs nothing else from the registry."""
+    ) -> LeaseRecord | None:
+        """Opens a lease only while the task is still at `version` and returns it; None
+        when the task moved on or is gone. One statement and no task lock: a
+        recommendation from a model that is still current needs nothing else."""
         values = _lease_values(
             lease_id,
             parallelism=parallelism,
@@ -259,47 +262,123 @@ class Registry:
             task=task,
         )
         values.update(task_id=_check_task_id(task_id), version=int(version))
-        for name, process in self._lease_binds.items():
-            values[name] = process(values[name])
-        # On the driver's connection: SQLAlchemy's execution machinery cost three
-        # times the statement itself, on the one write every Recommend makes. On
-        # SQLite the statement commits by itself (the driver runs in autocommit).
-        with self._writer():
-            return self._open_lease_at_version(values)
+        binds = values | {
+            "created_at": self._bind_time(values["created_at"]),
+            "expires_at": self._bind_time(values["expires_at"]),
+        }
 
-    def _open_lease_at_version(self, values: dict[str, Any]) -> bool:
+        def insert(cursor: Any) -> bool:
+            cursor.execute(self._lease_sql, binds)
+            return int(cursor.rowcount) == 1
+
+        # On SQLite the statement commits by itself (the driver runs in autocommit).
+        with self._writer():
+            if not self._on_driver(self._lease_sql, binds, insert):
+                return None
+        del values["version"]
+        return LeaseRecord(closed_at=None, **values)
+
+    def report_at_version(
+        self,
+        task_id: int,
+        version: int,
+        observation: NewObservation,
+        *,
+        state: JsonDict,
+        lease_id: str | None,
+        now: datetime,
+    ) -> ReportWrite | None:
+        """Stores a succeeded run, the state it leads to, and closes its lease, only
+        while the task is still at `version` and the execution id is new; None, with
+        nothing written, otherwise (the caller then takes the task's lock). `now` is
+        when the lease closes.
+
+        The write of a report whose model this server holds at the current version: one
+        statement on PostgreSQL, one short transaction on SQLite.
+        """
+        if not isinstance(observation, NewObservation) or observation.outcome != "succeeded":
+            raise InvalidFieldError("observation", "must be a succeeded NewObservation")
+        if lease_id is not None:
+            check_lease_id("lease_id", lease_id)
+        updated_at = utc_now()
+        binds = _observation_values(observation, now=updated_at)
+        binds.update(
+            task_id=_check_task_id(task_id),
+            version=int(version),
+            state=json_text("state", state),
+            lease_id=lease_id,
+            now=check_aware("now", now),
+            updated_at=updated_at,
+        )
+        for name in ("created_at", "now", "updated_at"):
+            binds[name] = self._bind_time(binds[name])
+        with self._writer():
+            write = self._report_postgresql if self.dialect == "postgresql" else self._report_sqlite
+            found = self._on_driver(self._report_sql, binds, lambda cursor: write(cursor, binds))
+        if found is None:
+            return None
+        new_version, closed = found
+        return ReportWrite(version=new_version, updated_at=updated_at, lease_closed=closed)
+
+    def _report_postgresql(self, cursor: Any, binds: dict[str, Any]) -> tuple[int, bool] | None:
+        # Autocommit: the statement is its own transaction, so nothing is half-written.
+        cursor.execute(self._report_sql, binds)
+        new_version, closed = cursor.fetchone()
+        return None if new_version is None else (int(new_version), closed == 1)
+
+    def _report_sqlite(self, cursor: Any, binds: dict[str, Any]) -> tuple[int, bool] | None:
+        update_task, insert_observation, close_lease = self._report_sql.split(";\n")
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            cursor.execute(update_task, binds)
+            if cursor.rowcount != 1:
+                cursor.execute("ROLLBACK")
+                return None
+            cursor.execute(insert_observation, binds)
+            cursor.execute(close_lease, binds)
+            closed = cursor.rowcount == 1
+            cursor.execute("COMMIT")
+        except BaseException:
+            with suppress(Exception):
+                cursor.execute("ROLLBACK")
+            raise
+        return int(binds["version"]) + 1, closed
+
+    def _on_driver(self, statement: str, binds: dict[str, Any], work: Callable[[Any], _T]) -> _T:
+        """Runs `work(cursor)` on a pooled connection's driver cursor in autocommit
+        mode; `statement` and `binds` only name what failed in errors.
+
+        SQLAlchemy's execution machinery cost three times the statements themselves
+        on the two writes every request makes; raw driver errors get the same
+        translation as those SQLAlchemy wraps.
+        """
         dbapi_error = self._engine.dialect.loaded_dbapi.Error
         connection = None
         try:
             with self._translate_errors():
                 connection = self._engine.raw_connection()
                 driver = connection.dbapi_connection
-                # One statement needs no transaction: on PostgreSQL autocommit saves
-                # the COMMIT round trip (SQLite's driver is in autocommit already).
+                # On PostgreSQL autocommit saves the COMMIT round trip (SQLite's
+                # driver is in autocommit already).
                 autocommit = self.dialect == "postgresql"
                 if autocommit:
                     driver.autocommit = True  # type: ignore[union-attr]
                 try:
                     cursor = connection.cursor()
                     try:
-                        cursor.execute(self._lease_sql, values)
-                        inserted = int(cursor.rowcount) == 1
+                        return work(cursor)
                     finally:
                         cursor.close()
-                    connection.commit()
                 finally:
                     if autocommit:
                         driver.autocommit = False  # type: ignore[union-attr]
-                return inserted
         except dbapi_error as exc:
-            # The driver's own errors (connecting included) get the same translation
-            # as those SQLAlchemy wraps.
             if connection is not None and self._engine.dialect.is_disconnect(
                 exc, connection.dbapi_connection, None
             ):
                 connection.invalidate(exc)
             wrapped = DBAPIError.instance(
-                self._lease_sql, values, exc, dbapi_error, dialect=self._engine.dialect
+                statement, binds, exc, dbapi_error, dialect=self._engine.dialect
             )
             raise self._translate(wrapped) from exc
         finally:
@@ -521,20 +600,8 @@ class TaskTransaction:
         if not isinstance(observation, NewObservation):
             raise InvalidFieldError("observation", "must be a NewObservation")
         self._check_open()
-        values = {
-            "task_id": self.record.id,
-            "execution_id": observation.execution_id,
-            "workflow": observation.workflow,
-            "task": observation.task,
-            "recommendation_id": observation.recommendation_id,
-            "parallelism": observation.parallelism,
-            "input_size": _optional_float(observation.input_size),
-            "cluster_load": float(observation.cluster_load),
-            "duration_seconds": float(observation.duration_seconds),
-            "startup_seconds": _optional_float(observation.startup_seconds),
-            "outcome": observation.outcome,
-            "created_at": observation.created_at or utc_now(),
-        }
+        values = _observation_values(observation, now=utc_now())
+        values["task_id"] = self.record.id
         with self._registry._translate_errors():
             row = self._session.execute(self._registry._observation_insert, values).one_or_none()
         if row is None:
@@ -656,6 +723,23 @@ def _lease_values(
     }
 
 
+def _observation_values(observation: NewObservation, *, now: datetime) -> dict[str, Any]:
+    """An observation's columns but `task_id` and `seq`."""
+    return {
+        "execution_id": observation.execution_id,
+        "workflow": observation.workflow,
+        "task": observation.task,
+        "recommendation_id": observation.recommendation_id,
+        "parallelism": observation.parallelism,
+        "input_size": _optional_float(observation.input_size),
+        "cluster_load": float(observation.cluster_load),
+        "duration_seconds": float(observation.duration_seconds),
+        "startup_seconds": _optional_float(observation.startup_seconds),
+        "outcome": observation.outcome,
+        "created_at": observation.created_at or now,
+    }
+
+
 def _observation_insert(
     dialect_insert: Callable[[type[Any]], postgresql.Insert | sqlite.Insert],
 ) -> ReturningInsert[Any]:
@@ -691,6 +775,57 @@ def _open_lease_at_version_sql(dialect: str) -> str:
         f"SELECT {marks[0]}, id, {', '.join(marks[1 : len(columns)])} "
         f"FROM {TaskRow.__tablename__} WHERE id = {marks[-2]} AND version = {marks[-1]}"
     )
+
+
+def _report_at_version_sql(dialect: str) -> str:
+    """The writes of `Registry.report_at_version`.
+
+    The task row is updated only at the expected version and while the execution id is
+    new, and the observation and the lease follow only from that update. PostgreSQL
+    runs them as one statement; SQLite, whose WITH takes no INSERT or UPDATE, as three
+    statements (separated by `;` and a newline) in one transaction.
+    """
+    tasks, observations, leases = (
+        TaskRow.__tablename__,
+        ObservationRow.__tablename__,
+        LeaseRow.__tablename__,
+    )
+    columns = [c.name for c in ObservationRow.__table__.c if c.name not in ("seq", "task_id")]
+
+    def mark(name: str) -> str:
+        return f":{name}" if dialect == "sqlite" else f"%({name})s"
+
+    state = mark("state") if dialect == "sqlite" else f"CAST({mark('state')} AS JSONB)"
+    update_task = (
+        f"UPDATE {tasks} SET state = {state}, version = version + 1, "
+        f"updated_at = {mark('updated_at')} "
+        f"WHERE id = {mark('task_id')} AND version = {mark('version')} AND NOT EXISTS "
+        f"(SELECT 1 FROM {observations} WHERE task_id = {mark('task_id')} "
+        f"AND execution_id = {mark('execution_id')})"
+    )
+    observation_values = ", ".join(mark(name) for name in columns)
+    close_lease = (
+        f"UPDATE {leases} SET closed_at = {mark('now')} "
+        f"WHERE id = {mark('lease_id')} AND closed_at IS NULL"
+    )
+    if dialect == "sqlite":
+        insert_observation = (
+            f"INSERT INTO {observations} (task_id, {', '.join(columns)}) "
+            f"VALUES ({mark('task_id')}, {observation_values})"
+        )
+        return ";\n".join((update_task, insert_observation, close_lease))
+    # Data-modifying WITH clauses run once and to completion whether read or not.
+    return (
+        f"WITH saved AS ({update_task} RETURNING id, version), "
+        f"stored AS (INSERT INTO {observations} (task_id, {', '.join(columns)}) "
+        f"SELECT id, {observation_values} FROM saved), "
+        f"closed AS ({close_lease} AND EXISTS (SELECT 1 FROM saved) RETURNING id) "
+        "SELECT (SELECT version FROM saved), (SELECT count(*) FROM closed)"
+    )
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 def _cluster_load(session: Session, now: datetime | None) -> int:
