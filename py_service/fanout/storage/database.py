@@ -95,7 +95,10 @@ def create_registry_engine(
     pool_args: dict[str, Any] = (
         {"poolclass": NullPool}
         if for_migrations
-        else {"pool_timeout": max(connect_timeout, lock_timeout)}
+        # LIFO: the connection just returned is the next one out, so a steady trickle
+        # of requests reuses a connection that needs no ping (`_ping_idle_connections`)
+        # instead of cycling through every pooled one, each idle past the window.
+        else {"pool_timeout": max(connect_timeout, lock_timeout), "pool_use_lifo": True}
     )
     if url.get_backend_name() == "sqlite":
         engine = _sqlite_engine(

@@ -1,9 +1,11 @@
 """The registry: tasks, their observations and the leases that make up the cluster load.
 
 Every database access goes through `Registry._session`, the only place that commits or
-rolls back, except `open_lease_at_version`: one self-committing statement on the
-driver's connection, the write of every `Recommend`. Raw driver errors never leave this
-module: they become the errors of `fanout.storage.errors`.
+rolls back, except the two writes of the serving fast path, which run on the driver's
+connection (`_on_driver`): `open_lease_at_version`, the write of a `Recommend`, and
+`report_at_version`, the write of a report on a model the server holds at the current
+version; each is one self-committing statement on PostgreSQL. Raw driver errors never
+leave this module: they become the errors of `fanout.storage.errors`.
 
 Retries are left to the caller: `task_transaction` runs the caller's code, which may
 have done things outside the database, so rerunning it here would not be safe. On
