@@ -24,6 +24,7 @@ class Settings:
     max_concurrent_rpcs: int = 256
     max_message_bytes: int = 4 * 1024 * 1024
     max_predict_rows: int = 100_000
+    refit_processes: int = 1  # 0: refit GPs in a thread of the server's process
     grace_seconds: float = 10.0
     auto_migrate: bool | None = None  # None: yes on SQLite, no on PostgreSQL
     insecure: bool = False
@@ -40,6 +41,8 @@ class Settings:
             raise ValueError(f"metrics_port out of range: {self.metrics_port}")
         if self.max_workers < 1 or self.max_concurrent_rpcs < 1:
             raise ValueError("max_workers and max_concurrent_rpcs must be >= 1")
+        if self.refit_processes < 0:
+            raise ValueError(f"refit_processes must be >= 0, got {self.refit_processes}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
 
@@ -79,6 +82,11 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--max-workers", type=int, help="handler threads (default 16)")
     parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs in flight before refusing")
+    parser.add_argument(
+        "--refit-processes",
+        type=int,
+        help="worker processes refitting GPs off the request path (default 1; 0: a thread)",
+    )
     parser.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM (default 10)")
     parser.add_argument(
         "--auto-migrate",

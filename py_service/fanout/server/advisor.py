@@ -1,8 +1,10 @@
 """The advisor: the engine and the registry joined, with no gRPC in sight.
 
-Every write for one task happens inside that task's registry transaction, so the
-stored state always equals a serial replay of the stored observations in commit
-order. GP hyper-parameters are re-optimised off the request path (`RefitQueue`).
+Every write for one task either happens inside that task's registry transaction or is
+one statement that applies only while the task is at the version the write was
+computed from, so the stored state always equals a serial replay of the stored
+observations in commit order. GP hyper-parameters are re-optimised off the request
+path (`RefitQueue`), in worker processes when the server is given a `ProcessFitter`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from fanout.engine import ConfigError, Decision, Observation, TaskConfig, TaskModel
 from fanout.server.auth import check_namespace
+from fanout.server.fitting import Fitter, InlineFitter
 from fanout.server.load import ClusterLoad
 from fanout.storage import (
     DuplicateExecutionError,
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 
 REFIT_RETRIES = 8  # with doubling waits from 1 s: about four minutes of outage
 REFIT_RETRY_SECONDS = 1.0
-# Recommendations in flight whose reports skip a registry read: about 2 MB.
+# Recommendations in flight whose reports skip a registry read: a few MB at most.
 LEASE_CACHE_SIZE = 10_000
 
 
@@ -267,9 +270,12 @@ class Advisor:
         *,
         default_config: TaskConfig | None = None,
         background_refit: bool = True,
+        fitter: Fitter | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """`fitter`: where GP refits run (default: in the calling thread)."""
         self.registry = registry
+        self.fitter: Fitter = fitter or InlineFitter()
         self.default_config = default_config or TaskConfig()
         self.clock = clock
         self.models = ModelCache()
@@ -515,7 +521,7 @@ class Advisor:
         if not model.needs_refit:
             return
         started = time.perf_counter()
-        model.refit()
+        model = self.fitter.refit(model)
         if self.refits is not None:
             self.refits.fit_seconds(time.perf_counter() - started)
         with self.registry.task_transaction(namespace, name) as tx:
@@ -586,3 +592,4 @@ class Advisor:
     def close(self) -> None:
         if self.refits is not None:
             self.refits.shutdown()
+        self.fitter.close()

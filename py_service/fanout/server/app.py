@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from fanout.server.advisor import Advisor
 from fanout.server.auth import TokenStore, interceptors
+from fanout.server.fitting import InlineFitter, ProcessFitter
 from fanout.server.metrics import Metrics
 from fanout.server.servicer import AdvisorServicer
 from fanout.server.tls import ServerTls, bind
@@ -92,7 +93,8 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
     )
     registry.ensure_schema(upgrade=auto)
     metrics = Metrics()
-    advisor = Advisor(registry)
+    fitter = ProcessFitter(settings.refit_processes) if settings.refit_processes else InlineFitter()
+    advisor = Advisor(registry, fitter=fitter)
     if advisor.refits is not None:
         advisor.refits.fit_seconds = metrics.fit_duration.observe
     options = [
@@ -136,6 +138,7 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = make_server(settings)
+    running.advisor.fitter.warm()
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
