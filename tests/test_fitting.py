@@ -55,6 +55,7 @@ def test_a_worker_fits_what_the_server_would() -> None:
         fitter.close()
     local = InlineFitter().refit(lagging_model())
     assert not remote.needs_refit
+    assert remote._gp is not None and not remote._gp_dirty  # built before it is served
     assert remote.state_dict() == local.state_dict()
     assert decisions(remote) == decisions(local)
 

@@ -277,6 +277,11 @@ class TaskModel:
         assert st.t1 is not None and st.p is not None
         return _core.amdahl_time(s, gamma, t1=st.t1, p=st.p, c=st.c, k=st.k)
 
+    def prepare(self) -> None:
+        """Builds the GP posterior now instead of at the first prediction that needs it
+        (a restored model builds it lazily)."""
+        self._residual_gp()
+
     def _residual_gp(self) -> ResidualGP | None:
         """The posterior on the current window under the current theta, built lazily."""
         if self._gp_dirty:

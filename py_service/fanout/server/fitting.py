@@ -82,7 +82,10 @@ class ProcessFitter:
             log.warning("a refit worker died; starting new refit workers")
             self._discard_pool()
             refitted = self._executor().submit(refitted_state, config, state).result()
-        return TaskModel.from_dicts(config, refitted)
+        model = TaskModel.from_dicts(config, refitted)
+        # Here, off the request path: the first request after the refit would build it.
+        model.prepare()
+        return model
 
     def worker_pids(self) -> list[int]:
         """For tests and benchmarks: the workers' process ids."""
