@@ -715,3 +715,25 @@ def test_purge_leases_drops_only_finished_ones(registry: Registry) -> None:
     assert registry.get_lease("open") is not None
     assert registry.get_lease("expired") is None
     assert registry.get_lease("closed") is None
+
+
+def test_purge_leases_in_batches(registry: Registry) -> None:
+    create_task(registry, "w/t")
+    now = datetime.now(UTC)
+    with registry.task_transaction(NS, "w/t") as tx:
+        for i in range(5):
+            tx.open_lease(
+                f"old-{i}",
+                parallelism=1,
+                cluster_load=0,
+                input_size=None,
+                expires_at=now - timedelta(minutes=1),
+            )
+        tx.open_lease(
+            "open", parallelism=1, cluster_load=0, input_size=None, expires_at=now + timedelta(1)
+        )
+    assert [registry.purge_leases(before=now, limit=2) for _ in range(4)] == [2, 2, 1, 0]
+    assert registry.get_lease("open") is not None
+    with pytest.raises(InvalidFieldError) as caught:
+        registry.purge_leases(before=now, limit=0)
+    assert caught.value.field == "limit"

@@ -25,6 +25,7 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_predict_rows: int = 100_000
     refit_processes: int = 1  # 0: refit GPs in a thread of the server's process
+    lease_retention_hours: float = 168.0  # 0: keep finished leases forever
     grace_seconds: float = 10.0
     auto_migrate: bool | None = None  # None: yes on SQLite, no on PostgreSQL
     insecure: bool = False
@@ -43,6 +44,10 @@ class Settings:
             raise ValueError("max_workers and max_concurrent_rpcs must be >= 1")
         if self.refit_processes < 0:
             raise ValueError(f"refit_processes must be >= 0, got {self.refit_processes}")
+        if not 0 <= self.lease_retention_hours < float("inf"):
+            raise ValueError(
+                f"lease_retention_hours must be >= 0 and finite, got {self.lease_retention_hours}"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
 
@@ -88,6 +93,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes refitting GPs off the request path (default 1; 0: a thread)",
     )
     parser.add_argument("--grace-seconds", type=float, help="drain time on SIGTERM (default 10)")
+    parser.add_argument(
+        "--lease-retention-hours",
+        type=float,
+        help="delete leases closed or expired this long ago (default 168; 0: never); "
+        "a report naming a deleted lease gets NOT_FOUND",
+    )
     parser.add_argument(
         "--auto-migrate",
         action=argparse.BooleanOptionalAction,

@@ -8,6 +8,7 @@ import threading
 import warnings
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import timedelta
 from types import FrameType
 
 import grpc
@@ -19,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from fanout.server.advisor import Advisor
 from fanout.server.auth import TokenStore, interceptors
 from fanout.server.fitting import InlineFitter, ProcessFitter
+from fanout.server.housekeeping import LeasePurger
 from fanout.server.metrics import Metrics
 from fanout.server.servicer import AdvisorServicer
 from fanout.server.tls import ServerTls, bind
@@ -49,6 +51,7 @@ class RunningServer:
     metrics_port: int | None
     tls: ServerTls | None = None
     tokens: TokenStore | None = None
+    purger: LeasePurger | None = None
 
     def reload(self) -> bool:
         """SIGHUP: re-read the TLS files and the token file; a bad file keeps the old one."""
@@ -66,6 +69,8 @@ class RunningServer:
         """Graceful stop: readiness goes NOT_SERVING, RPCs in flight drain, then stop."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.purger is not None:
+            self.purger.stop()
         self.advisor.close()
         self.advisor.registry.dispose()
 
@@ -121,6 +126,10 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
     if settings.metrics_port is not None:
         metrics_port = metrics.serve(settings.metrics_port)
     server.start()
+    purger = None
+    if settings.lease_retention_hours > 0:
+        purger = LeasePurger(registry, retention=timedelta(hours=settings.lease_retention_hours))
+        purger.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -132,7 +141,9 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
             "metrics_port": metrics_port,
         },
     )
-    return RunningServer(server, port, advisor, health_servicer, metrics, metrics_port, tls, tokens)
+    return RunningServer(
+        server, port, advisor, health_servicer, metrics, metrics_port, tls, tokens, purger
+    )
 
 
 def serve(settings: Settings) -> None:

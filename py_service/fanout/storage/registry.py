@@ -387,12 +387,18 @@ class Registry:
             if connection is not None:
                 connection.close()
 
-    def purge_leases(self, *, before: datetime) -> int:
-        """Deletes leases closed or expired before `before`; returns how many."""
+    def purge_leases(self, *, before: datetime, limit: int | None = None) -> int:
+        """Deletes leases closed or expired before `before`, at most `limit` of them in
+        one transaction; returns how many."""
         moment = check_aware("before", before)
-        statement = delete(LeaseRow).where(
-            or_(LeaseRow.closed_at < moment, LeaseRow.expires_at < moment)
-        )
+        finished = or_(LeaseRow.closed_at < moment, LeaseRow.expires_at < moment)
+        if limit is None:
+            statement = delete(LeaseRow).where(finished)
+        else:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InvalidFieldError("limit", f"must be a positive integer, got {limit!r}")
+            batch = select(LeaseRow.id).where(finished).limit(limit).scalar_subquery()
+            statement = delete(LeaseRow).where(LeaseRow.id.in_(batch))
         with self._session(write=True) as session:
             return _rowcount(session.execute(statement))
 
