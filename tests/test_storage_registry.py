@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import math
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -597,6 +599,32 @@ def test_report_at_version_writes_nothing_when_stale_or_repeated(registry: Regis
         is None
     )
     assert registry.count_observations() == 1
+
+
+def test_report_at_version_loses_a_race_for_its_execution_id_cleanly(registry: Registry) -> None:
+    task_id = create_task(registry, "w/t")
+    results: list[object] = []
+
+    def report() -> None:
+        results.append(
+            registry.report_at_version(
+                task_id, 1, observation("x"), state={"n": 1}, lease_id=None, now=datetime.now(UTC)
+            )
+        )
+
+    racer = threading.Thread(target=report)
+    with registry.task_transaction(NS, "w/t") as tx:
+        # A failed run of the same execution, stored without a new version; the racer
+        # waits for this transaction's lock and must then find the id taken.
+        tx.add_observation(observation("x", outcome="failed"))
+        racer.start()
+        time.sleep(0.5)
+        assert racer.is_alive()
+    racer.join(timeout=30)
+    assert results == [None]
+    stored = registry.get_task(NS, "w/t")
+    assert stored is not None and (stored.version, stored.state) == (1, {})
+    assert [o.outcome for o in registry.observations(task_id, succeeded_only=False)] == ["failed"]
 
 
 @pytest.mark.parametrize(

@@ -80,10 +80,12 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_LOCK_TIMEOUT = 30.0
 
 # SQLSTATEs: 40001 serialization_failure, 40P01 deadlock_detected,
-# 55P03 lock_not_available (lock_timeout hit), 42P01 undefined_table.
+# 55P03 lock_not_available (lock_timeout hit), 42P01 undefined_table, 23505
+# unique_violation.
 _CONFLICT_STATES = frozenset({"40001", "40P01"})
 _BUSY_STATES = frozenset({"55P03"})
 _MISSING_TABLE_STATES = frozenset({"42P01"})
+_UNIQUE_VIOLATION = "23505"
 
 
 def utc_now() -> datetime:
@@ -324,7 +326,15 @@ class Registry:
 
     def _report_postgresql(self, cursor: Any, binds: dict[str, Any]) -> tuple[int, bool] | None:
         # Autocommit: the statement is its own transaction, so nothing is half-written.
-        cursor.execute(self._report_sql, binds)
+        try:
+            cursor.execute(self._report_sql, binds)
+        except self._engine.dialect.loaded_dbapi.IntegrityError as exc:
+            # The same execution id committed by a transaction this one waited for
+            # (a failed run, which keeps the version): its NOT EXISTS saw the older
+            # snapshot. The locked path answers the duplicate.
+            if _sqlstate(exc) == _UNIQUE_VIOLATION:
+                return None
+            raise
         new_version, closed = cursor.fetchone()
         return None if new_version is None else (int(new_version), closed == 1)
 
