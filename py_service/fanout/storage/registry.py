@@ -118,7 +118,7 @@ class Registry:
         self._lease_sql = _open_lease_at_version_sql(self.dialect)
         self._observation_insert = _observation_insert(self._insert)
         dialect = self._engine.dialect
-        self._report_sql = _report_at_version_sql(self.dialect)
+        self._report_statements = _report_at_version_sql(self.dialect)
         self._bind_time: Callable[[datetime], Any] = (
             UtcDateTime().bind_processor(dialect) or _unchanged
         )
@@ -318,7 +318,9 @@ class Registry:
             binds[name] = self._bind_time(binds[name])
         with self._writer():
             write = self._report_postgresql if self.dialect == "postgresql" else self._report_sqlite
-            found = self._on_driver(self._report_sql, binds, lambda cursor: write(cursor, binds))
+            found = self._on_driver(
+                self._report_statements, binds, lambda cursor: write(cursor, binds)
+            )
         if found is None:
             return None
         new_version, closed = found
@@ -327,7 +329,8 @@ class Registry:
     def _report_postgresql(self, cursor: Any, binds: dict[str, Any]) -> tuple[int, bool] | None:
         # Autocommit: the statement is its own transaction, so nothing is half-written.
         try:
-            cursor.execute(self._report_sql, binds)
+            [statement] = self._report_statements
+            cursor.execute(statement, binds)
         except self._engine.dialect.loaded_dbapi.IntegrityError as exc:
             # The same execution id committed by a transaction this one waited for
             # (a failed run, which keeps the version): its NOT EXISTS saw the older
@@ -339,7 +342,7 @@ class Registry:
         return None if new_version is None else (int(new_version), closed == 1)
 
     def _report_sqlite(self, cursor: Any, binds: dict[str, Any]) -> tuple[int, bool] | None:
-        update_task, insert_observation, close_lease = self._report_sql.split(";\n")
+        update_task, insert_observation, close_lease = self._report_statements
         cursor.execute("BEGIN IMMEDIATE")
         try:
             cursor.execute(update_task, binds)
@@ -356,7 +359,9 @@ class Registry:
             raise
         return int(binds["version"]) + 1, closed
 
-    def _on_driver(self, statement: str, binds: dict[str, Any], work: Callable[[Any], _T]) -> _T:
+    def _on_driver(
+        self, statement: str | tuple[str, ...], binds: dict[str, Any], work: Callable[[Any], _T]
+    ) -> _T:
         """Runs `work(cursor)` on a pooled connection's driver cursor in autocommit
         mode; `statement` and `binds` only name what failed in errors.
 
@@ -389,8 +394,9 @@ class Registry:
                 exc, connection.dbapi_connection, None
             ):
                 connection.invalidate(exc)
+            text = statement if isinstance(statement, str) else ";\n".join(statement)
             wrapped = DBAPIError.instance(
-                statement, binds, exc, dbapi_error, dialect=self._engine.dialect
+                text, binds, exc, dbapi_error, dialect=self._engine.dialect
             )
             raise self._translate(wrapped) from exc
         finally:
@@ -795,13 +801,13 @@ def _open_lease_at_version_sql(dialect: str) -> str:
     )
 
 
-def _report_at_version_sql(dialect: str) -> str:
+def _report_at_version_sql(dialect: str) -> tuple[str, ...]:
     """The writes of `Registry.report_at_version`.
 
     The task row is updated only at the expected version and while the execution id is
     new, and the observation and the lease follow only from that update. PostgreSQL
     runs them as one statement; SQLite, whose WITH takes no INSERT or UPDATE, as three
-    statements (separated by `;` and a newline) in one transaction.
+    statements in one transaction.
     """
     tasks, observations, leases = (
         TaskRow.__tablename__,
@@ -831,14 +837,14 @@ def _report_at_version_sql(dialect: str) -> str:
             f"INSERT INTO {observations} (task_id, {', '.join(columns)}) "
             f"VALUES ({mark('task_id')}, {observation_values})"
         )
-        return ";\n".join((update_task, insert_observation, close_lease))
+        return update_task, insert_observation, close_lease
     # Data-modifying WITH clauses run once and to completion whether read or not.
     return (
         f"WITH saved AS ({update_task} RETURNING id, version), "
         f"stored AS (INSERT INTO {observations} (task_id, {', '.join(columns)}) "
         f"SELECT id, {observation_values} FROM saved), "
         f"closed AS ({close_lease} AND EXISTS (SELECT 1 FROM saved) RETURNING id) "
-        "SELECT (SELECT version FROM saved), (SELECT count(*) FROM closed)"
+        "SELECT (SELECT version FROM saved), (SELECT count(*) FROM closed)",
     )
 
 
