@@ -59,6 +59,7 @@ from fanout.storage.errors import (
     TransactionConflictError,
 )
 from fanout.storage.models import JsonDict, LeaseRow, ObservationRow, TaskRow, UtcDateTime
+from fanout.storage.prepared import PreparedStatement, PreparedStatements
 from fanout.storage.records import (
     LeaseRecord,
     NewObservation,
@@ -119,6 +120,10 @@ class Registry:
         self._observation_insert = _observation_insert(self._insert)
         dialect = self._engine.dialect
         self._report_statements = _report_at_version_sql(self.dialect)
+        # Only the PostgreSQL ones run prepared (SQLite's driver caches its own).
+        self._lease_prepared = PreparedStatement(self._lease_sql)
+        self._report_prepared = PreparedStatement(self._report_statements[0])
+        self._prepared = PreparedStatements(enabled=self.dialect == "postgresql")
         self._bind_time: Callable[[datetime], Any] = (
             UtcDateTime().bind_processor(dialect) or _unchanged
         )
@@ -271,8 +276,11 @@ class Registry:
             "expires_at": self._bind_time(values["expires_at"]),
         }
 
-        def insert(cursor: Any) -> bool:
-            cursor.execute(self._lease_sql, binds)
+        def insert(cursor: Any, connection_info: dict[Any, Any]) -> bool:
+            if self.dialect == "postgresql":
+                self._prepared.execute(cursor, connection_info, self._lease_prepared, binds)
+            else:
+                cursor.execute(self._lease_sql, binds)
             return int(cursor.rowcount) == 1
 
         # On SQLite the statement commits by itself (the driver runs in autocommit).
@@ -319,18 +327,19 @@ class Registry:
         with self._writer():
             write = self._report_postgresql if self.dialect == "postgresql" else self._report_sqlite
             found = self._on_driver(
-                self._report_statements, binds, lambda cursor: write(cursor, binds)
+                self._report_statements, binds, lambda cursor, info: write(cursor, info, binds)
             )
         if found is None:
             return None
         new_version, closed = found
         return ReportWrite(version=new_version, updated_at=updated_at, lease_closed=closed)
 
-    def _report_postgresql(self, cursor: Any, binds: dict[str, Any]) -> tuple[int, bool] | None:
+    def _report_postgresql(
+        self, cursor: Any, connection_info: dict[Any, Any], binds: dict[str, Any]
+    ) -> tuple[int, bool] | None:
         # Autocommit: the statement is its own transaction, so nothing is half-written.
         try:
-            [statement] = self._report_statements
-            cursor.execute(statement, binds)
+            self._prepared.execute(cursor, connection_info, self._report_prepared, binds)
         except self._engine.dialect.loaded_dbapi.IntegrityError as exc:
             # The same execution id committed by a transaction this one waited for
             # (a failed run, which keeps the version): its NOT EXISTS saw the older
@@ -341,7 +350,9 @@ class Registry:
         new_version, closed = cursor.fetchone()
         return None if new_version is None else (int(new_version), closed == 1)
 
-    def _report_sqlite(self, cursor: Any, binds: dict[str, Any]) -> tuple[int, bool] | None:
+    def _report_sqlite(
+        self, cursor: Any, _connection_info: dict[Any, Any], binds: dict[str, Any]
+    ) -> tuple[int, bool] | None:
         update_task, insert_observation, close_lease = self._report_statements
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -360,10 +371,14 @@ class Registry:
         return int(binds["version"]) + 1, closed
 
     def _on_driver(
-        self, statement: str | tuple[str, ...], binds: dict[str, Any], work: Callable[[Any], _T]
+        self,
+        statement: str | tuple[str, ...],
+        binds: dict[str, Any],
+        work: Callable[[Any, dict[Any, Any]], _T],
     ) -> _T:
-        """Runs `work(cursor)` on a pooled connection's driver cursor in autocommit
-        mode; `statement` and `binds` only name what failed in errors.
+        """Runs `work(cursor, connection_info)` on a pooled connection's driver cursor
+        in autocommit mode; `connection_info` lives as long as the driver's connection.
+        `statement` and `binds` only name what failed in errors.
 
         SQLAlchemy's execution machinery cost three times the statements themselves
         on the two writes every request makes; raw driver errors get the same
@@ -383,7 +398,7 @@ class Registry:
                 try:
                     cursor = connection.cursor()
                     try:
-                        return work(cursor)
+                        return work(cursor, connection.info)
                     finally:
                         cursor.close()
                 finally:
