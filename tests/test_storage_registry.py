@@ -16,6 +16,7 @@ from fanout.storage import (
     DuplicateExecutionError,
     InvalidFieldError,
     InvalidPageToken,
+    LoadReading,
     NewObservation,
     ObservationRecord,
     Registry,
@@ -669,6 +670,33 @@ def test_cluster_load_spans_every_task(registry: Registry) -> None:
                 expires_at=expires,
             )
     assert registry.cluster_load() == 6
+
+
+def test_read_load_tells_when_the_first_counted_lease_expires(registry: Registry) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert registry.read_load(now=now) == LoadReading(0, None)
+    with registry.task_transaction(NS, "w/a", create_config={}) as tx:
+        for lease_id, s, minutes in (("soon", 2, 5), ("later", 3, 60), ("gone", 7, -1)):
+            tx.open_lease(
+                lease_id,
+                parallelism=s,
+                cluster_load=0,
+                input_size=None,
+                expires_at=now + timedelta(minutes=minutes),
+            )
+        tx.close_lease("later", now=now)
+        tx.open_lease(
+            "last",
+            parallelism=1,
+            cluster_load=0,
+            input_size=None,
+            expires_at=now + timedelta(hours=2),
+        )
+    # "gone" expired and "later" is closed: neither counts nor sets the expiry.
+    assert registry.read_load(now=now) == LoadReading(3, now + timedelta(minutes=5))
+    assert registry.read_load(now=now + timedelta(minutes=5)) == LoadReading(
+        1, now + timedelta(hours=2)
+    )
 
 
 def test_a_lease_closes_from_another_tasks_transaction(registry: Registry) -> None:

@@ -590,6 +590,7 @@ class Advisor:
         return TaskView(record, model.config, model.summary())
 
     def close(self) -> None:
+        self.load.close()
         if self.refits is not None:
             self.refits.shutdown()
         self.fitter.close()

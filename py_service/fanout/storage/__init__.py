@@ -13,6 +13,7 @@ from fanout.storage.errors import (
 )
 from fanout.storage.records import (
     LeaseRecord,
+    LoadReading,
     NewObservation,
     ObservationRecord,
     Outcome,
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidFieldError",
     "InvalidPageToken",
     "LeaseRecord",
+    "LoadReading",
     "NewObservation",
     "ObservationRecord",
     "Outcome",

@@ -236,6 +236,15 @@ def json_text(field_name: str, value: object) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class LoadReading:
+    """The registry's cluster load at one moment: the sum of `parallelism` over open,
+    unexpired leases, and when the first of those expires (None when none is open)."""
+
+    total: int
+    first_expiry: datetime | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReportWrite:
     """What `Registry.report_at_version` wrote: the task's new version and whether the

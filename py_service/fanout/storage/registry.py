@@ -62,6 +62,7 @@ from fanout.storage.models import JsonDict, LeaseRow, ObservationRow, TaskRow, U
 from fanout.storage.prepared import PreparedStatement, PreparedStatements
 from fanout.storage.records import (
     LeaseRecord,
+    LoadReading,
     NewObservation,
     ObservationRecord,
     ReportWrite,
@@ -242,8 +243,12 @@ class Registry:
 
     def cluster_load(self, *, now: datetime | None = None) -> int:
         """Sum of `parallelism` over open, unexpired leases of the whole registry (SPEC 6)."""
+        return self.read_load(now=now).total
+
+    def read_load(self, *, now: datetime | None = None) -> LoadReading:
+        """`cluster_load` with the moment it next drops by itself (the first expiry)."""
         with self._session() as session:
-            return _cluster_load(session, now)
+            return _read_load(session, now)
 
     def open_lease_at_version(
         self,
@@ -668,7 +673,7 @@ class TaskTransaction:
         """`Registry.cluster_load` inside this transaction (one round trip fewer)."""
         self._check_open()
         with self._registry._translate_errors():
-            return _cluster_load(self._session, now)
+            return _read_load(self._session, now).total
 
     def open_lease(
         self,
@@ -867,12 +872,13 @@ def _unchanged(value: Any) -> Any:
     return value
 
 
-def _cluster_load(session: Session, now: datetime | None) -> int:
+def _read_load(session: Session, now: datetime | None) -> LoadReading:
     moment = utc_now() if now is None else check_aware("now", now)
-    query = select(func.coalesce(func.sum(LeaseRow.parallelism), 0)).where(
-        LeaseRow.closed_at.is_(None), LeaseRow.expires_at > moment
-    )
-    return int(session.scalar(query) or 0)
+    query = select(
+        func.coalesce(func.sum(LeaseRow.parallelism), 0), func.min(LeaseRow.expires_at)
+    ).where(LeaseRow.closed_at.is_(None), LeaseRow.expires_at > moment)
+    total, first_expiry = session.execute(query).one()
+    return LoadReading(int(total or 0), first_expiry)
 
 
 def _task_query(namespace: str, name: str) -> Select[TaskRow]:
