@@ -77,6 +77,25 @@ def running(tmp_path: Path) -> Iterator[RunningServer]:
         server.stop(grace=0.5)
 
 
+def test_startup_objects_are_frozen_out_of_garbage_collections(tmp_path: Path) -> None:
+    """The imported libraries' objects are never walked again by a full collection."""
+    script = (
+        "import gc\n"
+        "from fanout.server.app import make_server\n"
+        "from fanout.settings import Settings\n"
+        "assert gc.get_freeze_count() == 0\n"
+        f"url = 'sqlite:///{tmp_path / 'r.sqlite3'}'\n"
+        "settings = Settings(listen='127.0.0.1:0', database_url=url, refit_processes=0)\n"
+        "server = make_server(settings)\n"
+        "print(gc.get_freeze_count())\n"
+        "server.stop(grace=0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert int(done.stdout.split()[-1]) > 50_000
+
+
 def test_metrics_are_exposed(running: RunningServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = advisor_pb2_grpc.AdvisorServiceStub(channel)
