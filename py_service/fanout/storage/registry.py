@@ -4,8 +4,9 @@ Every database access goes through `Registry._session`, the only place that comm
 rolls back, except the two writes of the serving fast path, which run on the driver's
 connection (`_on_driver`): `open_lease_at_version`, the write of a `Recommend`, and
 `report_at_version`, the write of a report on a model the server holds at the current
-version; each is one self-committing statement on PostgreSQL. Raw driver errors never
-leave this module: they become the errors of `fanout.storage.errors`.
+version; each is one self-committing statement on PostgreSQL, prepared once per
+connection (`fanout.storage.prepared`). Raw driver errors never leave this module: they
+become the errors of `fanout.storage.errors`.
 
 Retries are left to the caller: `task_transaction` runs the caller's code, which may
 have done things outside the database, so rerunning it here would not be safe. On
@@ -121,7 +122,7 @@ class Registry:
         self._observation_insert = _observation_insert(self._insert)
         dialect = self._engine.dialect
         self._report_statements = _report_at_version_sql(self.dialect)
-        # Only the PostgreSQL ones run prepared (SQLite's driver caches its own).
+        # Prepared on PostgreSQL only; SQLite's driver keeps its own statement cache.
         self._lease_prepared = PreparedStatement(self._lease_sql)
         self._report_prepared = PreparedStatement(self._report_statements[0])
         self._prepared = PreparedStatements(enabled=self.dialect == "postgresql")
@@ -282,10 +283,7 @@ class Registry:
         }
 
         def insert(cursor: Any, connection_info: dict[Any, Any]) -> bool:
-            if self.dialect == "postgresql":
-                self._prepared.execute(cursor, connection_info, self._lease_prepared, binds)
-            else:
-                cursor.execute(self._lease_sql, binds)
+            self._prepared.execute(cursor, connection_info, self._lease_prepared, binds)
             return int(cursor.rowcount) == 1
 
         # On SQLite the statement commits by itself (the driver runs in autocommit).
