@@ -96,6 +96,12 @@ def test_startup_objects_are_frozen_out_of_garbage_collections(tmp_path: Path) -
     assert int(done.stdout.split()[-1]) > 50_000
 
 
+def test_the_registry_pools_a_connection_per_thread_that_uses_it(running: RunningServer) -> None:
+    registry = running.advisor.registry
+    assert registry.pool_size == Settings().max_workers + 3
+    assert registry._engine.pool.size() == registry.pool_size  # type: ignore[attr-defined]
+
+
 def test_metrics_are_exposed(running: RunningServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = advisor_pb2_grpc.AdvisorServiceStub(channel)

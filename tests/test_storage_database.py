@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import psycopg2
 import pytest
+from sqlalchemy import event
 
 from fanout.storage import InvalidFieldError, Registry, default_database_url, migrate_command
 from fanout.storage.database import mask_url, parse_database_url
@@ -71,6 +73,45 @@ def test_timeouts_must_be_positive(tmp_path: Path, field: str) -> None:
     with pytest.raises(InvalidFieldError) as caught:
         Registry(f"sqlite:///{tmp_path / 'r.db'}", **{field: 0})
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_pool_size_must_be_a_positive_integer(tmp_path: Path, size: object) -> None:
+    with pytest.raises(InvalidFieldError) as caught:
+        Registry(f"sqlite:///{tmp_path / 'r.db'}", pool_size=size)  # type: ignore[arg-type]
+    assert caught.value.field == "pool_size"
+
+
+def connections_opened_by_second_burst(url: str, *, pool_size: int, threads: int) -> int:
+    """Connections opened by the second of two bursts of `threads` threads that each hold
+    a pooled connection at the same moment."""
+    registry = Registry(url, pool_size=pool_size)
+    opened = []
+    event.listen(registry._engine, "connect", lambda *_: opened.append(1))
+    all_holding = threading.Barrier(threads)
+
+    def hold() -> None:
+        connection = registry._engine.raw_connection()
+        try:
+            all_holding.wait(timeout=30)
+        finally:
+            connection.close()
+
+    for _ in range(2):
+        opened.clear()
+        burst = [threading.Thread(target=hold) for _ in range(threads)]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join()
+    registry.dispose()
+    return len(opened)
+
+
+def test_a_pool_sized_to_the_threads_keeps_their_connections(postgres_url: str) -> None:
+    assert connections_opened_by_second_burst(postgres_url, pool_size=12, threads=12) == 0
+    # Too small a pool closed what it could not keep, and opens it again.
+    assert connections_opened_by_second_burst(postgres_url, pool_size=2, threads=12) == 10
 
 
 def test_password_is_masked_everywhere_it_is_shown() -> None:

@@ -85,7 +85,11 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument("--log-format", choices=("text", "json"))
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    parser.add_argument("--max-workers", type=int, help="handler threads (default 16)")
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        help="handler threads (default 16); the registry keeps as many connections, plus 3",
+    )
     parser.add_argument("--max-concurrent-rpcs", type=int, help="RPCs in flight before refusing")
     parser.add_argument(
         "--refit-processes",

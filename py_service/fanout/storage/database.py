@@ -23,6 +23,9 @@ POSTGRES_DRIVERS = ("psycopg2", "psycopg")
 
 # Execution option read by the SQLite "begin" hook: take the write lock up front.
 SQLITE_IMMEDIATE = "fanout_sqlite_immediate"
+# SQLAlchemy's default. A burst of more threads than this opens connections beyond it
+# and closes them when they are returned: size it to the threads that use the registry.
+DEFAULT_POOL_SIZE = 5
 # A pooled PostgreSQL connection idle longer than this is pinged before use.
 PING_AFTER_IDLE_SECONDS = 0.5
 _LAST_USED = "fanout_last_used"
@@ -83,6 +86,7 @@ def create_registry_engine(
     *,
     connect_timeout: float,
     lock_timeout: float,
+    pool_size: int = DEFAULT_POOL_SIZE,
     for_migrations: bool = False,
 ) -> Engine:
     """An engine with the per-backend settings the registry relies on.
@@ -91,6 +95,7 @@ def create_registry_engine(
     copy and drop tables, and a DROP with foreign keys on would cascade into child rows;
     its transactions take SQLite's write lock at BEGIN, so that servers migrating at
     the same time run one after the other and the later ones find the work done.
+    `pool_size`: connections kept open between uses (opened as they are first needed).
     """
     pool_args: dict[str, Any] = (
         {"poolclass": NullPool}
@@ -98,7 +103,11 @@ def create_registry_engine(
         # LIFO: the connection just returned is the next one out, so a steady trickle
         # of requests reuses a connection that needs no ping (`_ping_idle_connections`)
         # instead of cycling through every pooled one, each idle past the window.
-        else {"pool_timeout": max(connect_timeout, lock_timeout), "pool_use_lifo": True}
+        else {
+            "pool_timeout": max(connect_timeout, lock_timeout),
+            "pool_use_lifo": True,
+            "pool_size": pool_size,
+        }
     )
     if url.get_backend_name() == "sqlite":
         engine = _sqlite_engine(

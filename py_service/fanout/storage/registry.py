@@ -43,6 +43,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from fanout.storage import migrations
 from fanout.storage.database import (
+    DEFAULT_POOL_SIZE,
     SQLITE_IMMEDIATE,
     create_registry_engine,
     mask_url,
@@ -104,19 +105,28 @@ class Registry:
         *,
         connect_timeout: float = 5.0,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
-        """`lock_timeout`: seconds to wait for a task's write lock before giving up."""
+        """`lock_timeout`: seconds to wait for a task's write lock before giving up;
+        `pool_size`: connections kept open, best the number of threads using the
+        registry at once (more open and close a connection each time)."""
         self._url: URL = parse_database_url(url)
         check_number("connect_timeout", connect_timeout, minimum=0.0, inclusive=False)
         check_number("lock_timeout", lock_timeout, minimum=0.0, inclusive=False)
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise InvalidFieldError("pool_size", f"must be a positive integer, got {pool_size!r}")
         self.url: str = self._url.render_as_string(hide_password=False)
         # For logs and messages: the URL with its password replaced by `***`.
         self.safe_url: str = mask_url(self._url)
         self.dialect: str = self._url.get_backend_name()
         self._connect_timeout = connect_timeout
+        self.pool_size = pool_size
         self._lock_timeout = lock_timeout
         self._engine: Engine = create_registry_engine(
-            self._url, connect_timeout=connect_timeout, lock_timeout=lock_timeout
+            self._url,
+            connect_timeout=connect_timeout,
+            lock_timeout=lock_timeout,
+            pool_size=pool_size,
         )
         self._lease_sql = _open_lease_at_version_sql(self.dialect)
         self._observation_insert = _observation_insert(self._insert)
