@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,14 +30,10 @@ def test_statements_are_named_by_their_text() -> None:
     assert first.name.startswith("fanout_")
 
 
-@pytest.fixture
-def postgres_registry(postgres_url: str) -> Iterator[Registry]:
-    store = Registry(postgres_url)
-    store.ensure_schema(upgrade=True)
-    try:
-        yield store
-    finally:
-        store.dispose()
+# The `registry` fixture on its PostgreSQL backend only.
+on_postgresql = pytest.mark.parametrize(
+    "registry_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 def prepared_on_pooled_connection(registry: Registry, sql: str | None = None) -> set[str]:
@@ -62,8 +57,8 @@ def lease_fields(expires: datetime) -> dict[str, Any]:
     return {"parallelism": 4, "cluster_load": 0.0, "input_size": None, "expires_at": expires}
 
 
-def test_lease_and_report_writes_run_prepared(postgres_registry: Registry) -> None:
-    registry = postgres_registry
+@on_postgresql
+def test_lease_and_report_writes_run_prepared(registry: Registry) -> None:
     task_id = create_task(registry, "w/t")
     expires = datetime.now(UTC) + timedelta(hours=1)
     assert registry.open_lease_at_version(task_id, 1, "lease-1", **lease_fields(expires))
@@ -91,10 +86,10 @@ def test_lease_and_report_writes_run_prepared(postgres_registry: Registry) -> No
     assert [o.execution_id for o in registry.observations(task_id)] == ["run-1", "run-2"]
 
 
+@on_postgresql
 def test_a_statement_prepared_behind_the_pools_back_is_reused(
-    postgres_registry: Registry,
+    registry: Registry,
 ) -> None:
-    registry = postgres_registry
     task_id = create_task(registry, "w/t")
     expires = datetime.now(UTC) + timedelta(hours=1)
     assert registry.open_lease_at_version(task_id, 1, "lease-1", **lease_fields(expires))
@@ -107,11 +102,11 @@ def test_a_statement_prepared_behind_the_pools_back_is_reused(
     assert registry.cluster_load() == 8
 
 
+@on_postgresql
 def test_statements_that_vanish_turn_preparing_off(
-    postgres_registry: Registry, caplog: pytest.LogCaptureFixture
+    registry: Registry, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As behind a pooler in transaction mode: the next EXECUTE finds no statement."""
-    registry = postgres_registry
     task_id = create_task(registry, "w/t")
     now = datetime.now(UTC)
     assert registry.report_at_version(
