@@ -74,7 +74,19 @@ class ServerProcess:
         self._log.close()
 
     def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and the exit code; a server still running after `timeout` is asked
+        for its threads' stacks, killed, and reported with the end of its log."""
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=timeout)
-        self._log.close()
-        return code
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            self.process.kill()
+            self.process.wait(timeout=10)
+            raise AssertionError(
+                f"server did not stop within {timeout} s after SIGTERM; its log ends:\n"
+                + self.log_path.read_text(errors="replace")[-6000:]
+            ) from None
+        finally:
+            self._log.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -138,6 +139,24 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     messages = [json.loads(line)["message"] for line in server.log_path.read_text().splitlines()]
     assert "serving" in messages
     assert messages[-1] == "stopped"
+
+
+def test_sigusr1_dumps_every_threads_stack_and_serving_goes_on(tmp_path: Path) -> None:
+    server = ServerProcess(f"sqlite:///{tmp_path / 'r.sqlite3'}", log_dir=tmp_path)
+    server.wait_ready()
+    server.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "most recent call first" not in server.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "no stack dump in the log"
+        time.sleep(0.1)
+    dump = server.log_path.read_text(errors="replace")
+    assert "serve" in dump and dump.count("Thread 0x") > 1
+    with grpc.insecure_channel(server.target) as channel:
+        answer = advisor_pb2_grpc.AdvisorServiceStub(channel).Recommend(
+            pb.RecommendRequest(task=TASK)
+        )
+    assert answer.parallelism >= 1
+    assert server.terminate() == 0
 
 
 def test_database_outage_gives_unavailable_then_recovers(

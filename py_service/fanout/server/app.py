@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import signal
@@ -157,6 +158,8 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
 
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    # A server that hangs can be asked where: every thread's stack goes to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     running = make_server(settings)
     running.advisor.fitter.warm()
     stopping = threading.Event()
