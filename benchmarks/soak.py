@@ -887,7 +887,9 @@ def render(result: Result, tests: TestRun | None) -> str:
         "INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and RESOURCE_EXHAUSTED, checks the "
         "server stays SERVING, and checks the registry after every request (observations "
         "well-formed and unique, every stored model loadable, counts only growing, a refused "
-        "request changing nothing).",
+        "request changing nothing). It draws the same examples on every run, so that CI "
+        "cannot fail by the luck of the draw; `FANOUT_FUZZ_RANDOM=1` draws new ones and "
+        "`FANOUT_FUZZ_EXAMPLES` sets how many per RPC.",
         "",
         "## Audit",
         "",
