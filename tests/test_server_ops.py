@@ -141,6 +141,20 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     assert messages[-1] == "stopped"
 
 
+def test_sigterm_during_the_start_stops_gracefully_once_up(tmp_path: Path) -> None:
+    server = ServerProcess(
+        f"sqlite:///{tmp_path / 'r.sqlite3'}", log_dir=tmp_path, extra=("--log-level", "INFO")
+    )
+    deadline = time.monotonic() + 60
+    # Migrating the new SQLite file: the start is under way, the server not up yet.
+    while "Running upgrade" not in server.log_path.read_text(errors="replace"):
+        assert server.process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    assert server.terminate() == 0
+    log = server.log_path.read_text(errors="replace")
+    assert "signal SIGTERM" in log and log.rstrip().endswith("stopped")
+
+
 def test_sigusr1_dumps_every_threads_stack_and_serving_goes_on(tmp_path: Path) -> None:
     server = ServerProcess(f"sqlite:///{tmp_path / 'r.sqlite3'}", log_dir=tmp_path)
     server.wait_ready()

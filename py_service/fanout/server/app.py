@@ -160,8 +160,6 @@ def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     # A server that hangs can be asked where: every thread's stack goes to stderr.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    running = make_server(settings)
-    running.advisor.fitter.warm()
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -172,9 +170,14 @@ def serve(settings: Settings) -> None:
         )
         stopping.set()
 
+    # Caught before the start, which may migrate the registry: a SIGTERM meanwhile
+    # stops the server gracefully once it is up instead of killing it halfway.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the start reads every file anyway
+    running = make_server(settings)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: running.reload())
+    running.advisor.fitter.warm()
     stopping.wait()
     running.stop(settings.grace_seconds)
     log.info("stopped")
