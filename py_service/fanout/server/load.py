@@ -2,14 +2,15 @@
 
 The load is the sum of `s` over open, unexpired leases of every server sharing the
 registry. Summing the lease table costs 1-2 ms with a few thousand leases open: too
-much for every `Recommend`, and, every `refresh_seconds`, enough to set the p99 of one.
-So the registry's sum (the base) is re-read in a background thread once it is older
-than `refresh_seconds`, while requests go on with the base they have. A request reads
-the registry itself only when the base is older than `max_age_seconds` (traffic was
-sparse), or when a lease counted in it has expired since (an expired lease never
-counts). This server's own leases opened or closed since the base was read count at
-once, so they are always exact; other servers' show up within `refresh_seconds` and one
-read under steady traffic, and within `max_age_seconds` at worst.
+much for every `Recommend`, and still 1-2 ms added to one of them every
+`refresh_seconds` when requests did the reading. So the registry's sum (the base) is
+re-read in a background thread once it is older than `refresh_seconds`, while requests
+go on with the base they have. A request reads the registry itself only when the base
+is older than `max_age_seconds` (traffic was sparse), or when a lease counted in it has
+expired since (an expired lease never counts). This server's own leases opened or
+closed since the base was read count at once, so they are always exact; other
+servers' show up within `refresh_seconds` and one read under steady traffic, and
+within `max_age_seconds` at worst.
 """
 
 from __future__ import annotations
