@@ -113,8 +113,7 @@ class Registry:
         self._url: URL = parse_database_url(url)
         check_number("connect_timeout", connect_timeout, minimum=0.0, inclusive=False)
         check_number("lock_timeout", lock_timeout, minimum=0.0, inclusive=False)
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise InvalidFieldError("pool_size", f"must be a positive integer, got {pool_size!r}")
+        _check_positive_int("pool_size", pool_size)
         self.url: str = self._url.render_as_string(hide_password=False)
         # For logs and messages: the URL with its password replaced by `***`.
         self.safe_url: str = mask_url(self._url)
@@ -439,8 +438,7 @@ class Registry:
         if limit is None:
             statement = delete(LeaseRow).where(finished)
         else:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise InvalidFieldError("limit", f"must be a positive integer, got {limit!r}")
+            _check_positive_int("limit", limit)
             batch = select(LeaseRow.id).where(finished).limit(limit).scalar_subquery()
             statement = delete(LeaseRow).where(LeaseRow.id.in_(batch))
         with self._session(write=True) as session:
@@ -929,6 +927,11 @@ def _observations_query(
 
 def _optional_float(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _check_positive_int(field_name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidFieldError(field_name, f"must be a positive integer, got {value!r}")
 
 
 def _check_task_id(task_id: object) -> int:
