@@ -23,6 +23,8 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from fanout import _core
+from fanout.server.servicer import CANDIDATE_FIELDS, CANDIDATES_FIELD
+from fanout.v1 import advisor_pb2 as pb
 from tests import reference as ref
 
 F64 = NDArray[np.float64]
@@ -756,3 +758,44 @@ def test_sizes_outside_the_fast_power_range_fall_back_to_libm() -> None:
             _core.expected_score(widths, mean, sd, **options),
             ref.expected_score(widths, mean, sd, **options),
         )
+
+
+# --- the candidate table's wire bytes ---------------------------------------------
+
+any_doubles = st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True)
+candidate_rows = st.lists(
+    st.tuples(st.integers(0, 2**31 - 1), any_doubles, any_doubles, any_doubles), max_size=80
+)
+
+
+@relaxed
+@given(rows=candidate_rows)
+def test_encode_candidates_writes_what_protobuf_serializes(
+    rows: list[tuple[int, float, float, float]],
+) -> None:
+    """Byte for byte, with zeros, -0.0, NaN and infinities, at the servicer's field
+    numbers: a response that parses these bytes is the one the rows describe."""
+    expected = pb.RecommendResponse(
+        candidates=[
+            pb.Candidate(parallelism=s, mean_seconds=mean, sd_seconds=sd, score=score)
+            for s, mean, sd, score in rows
+        ]
+    ).SerializeToString()
+    columns = [np.array([row[i] for row in rows], dtype=np.float64) for i in range(4)]
+    encoded = _core.encode_candidates(*columns, field=CANDIDATES_FIELD, row_fields=CANDIDATE_FIELDS)
+    assert encoded == expected
+
+
+def test_encode_candidates_names_what_is_wrong() -> None:
+    fields: dict[str, Any] = {"field": 7, "row_fields": (1, 2, 3, 4)}
+    ones = _a(1.0, 1.0)
+    with pytest.raises(ValueError, match=re.escape("s[1] must be a whole number")):
+        _core.encode_candidates(_a(1.0, 2.5), ones, ones, ones, **fields)
+    with pytest.raises(ValueError, match=re.escape("s[0] must be a whole number")):
+        _core.encode_candidates(_a(-1.0, 2.0), ones, ones, ones, **fields)
+    with pytest.raises(ValueError, match="sd has length 1 but s has length 2"):
+        _core.encode_candidates(ones, ones, _a(1.0), ones, **fields)
+    with pytest.raises(ValueError, match=re.escape("row_fields.score must be in [1, ")):
+        _core.encode_candidates(ones, ones, ones, ones, field=7, row_fields=(1, 2, 3, 0))
+    with pytest.raises(ValueError, match=re.escape("field must be in [1, 536870911]")):
+        _core.encode_candidates(ones, ones, ones, ones, field=2**29, row_fields=(1, 2, 3, 4))

@@ -12,6 +12,7 @@ use numpy::{
 };
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use crate::amdahl::{self, Amdahl};
 use crate::bounds::{self, BoundRule, BoundsConfig, Strategy};
@@ -19,6 +20,7 @@ use crate::error::CoreError;
 use crate::gp::{GpParts, GpPosterior};
 use crate::normal;
 use crate::score::{self, ChoiceRule, ScoreConfig};
+use crate::wire::{self, RowFields};
 
 /// Any 1-d input convertible to float64 (float64 arrays pass without a copy).
 type Rows<'py> = PyArrayLike1<'py, f64, AllowTypeChange>;
@@ -259,6 +261,43 @@ fn choose<'py>(
     Ok((index, scores, deadline_met))
 }
 
+/// The candidate table as protobuf wire bytes of the repeated message field `field`;
+/// `row_fields` are the row message's field numbers `(parallelism, mean, sd, score)`.
+#[pyfunction]
+#[pyo3(signature = (s, mean, sd, score, *, field, row_fields))]
+fn encode_candidates<'py>(
+    py: Python<'py>,
+    s: Rows<'py>,
+    mean: Rows<'py>,
+    sd: Rows<'py>,
+    score: Rows<'py>,
+    field: u32,
+    row_fields: (u32, u32, u32, u32),
+) -> PyResult<Bound<'py, PyBytes>> {
+    let (parallelism, mean_field, sd_field, score_field) = row_fields;
+    let fields = RowFields {
+        parallelism,
+        mean: mean_field,
+        sd: sd_field,
+        score: score_field,
+    };
+    let (s, mean, sd, score) = (
+        contiguous(&s),
+        contiguous(&mean),
+        contiguous(&sd),
+        contiguous(&score),
+    );
+    let rows = wire::Rows {
+        parallelism: &s,
+        mean: &mean,
+        sd: &sd,
+        score: &score,
+    };
+    let mut out = Vec::new();
+    wire::encode_rows(field, fields, rows, &mut out)?;
+    Ok(PyBytes::new(py, &out))
+}
+
 /// The standard Normal quantile (AS 241).
 #[pyfunction]
 fn normal_quantile(q: f64) -> PyResult<f64> {
@@ -347,6 +386,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(expected_score, module)?)?;
     module.add_function(wrap_pyfunction!(choose, module)?)?;
     module.add_function(wrap_pyfunction!(normal_quantile, module)?)?;
+    module.add_function(wrap_pyfunction!(encode_candidates, module)?)?;
     module.add_class::<PyGpPosterior>()?;
     Ok(())
 }

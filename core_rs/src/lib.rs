@@ -13,6 +13,7 @@ pub mod gp;
 pub mod normal;
 pub mod par;
 pub mod score;
+pub mod wire;
 
 mod bindings;
 

@@ -20,6 +20,7 @@ __all__ = [
     "amdahl_time",
     "baseline_t1",
     "choose",
+    "encode_candidates",
     "expected_score",
     "fit_k",
     "normal_quantile",
@@ -131,6 +132,22 @@ def choose(
     none is, the row with the smallest mean is chosen and ``deadline_met`` is False.
     Among kept rows: the smallest s whose score is <= ``min * (1 + tie_tolerance)``.
     s need not be sorted; ``index`` points into the input, scores has shape (n,).
+    """
+
+def encode_candidates(
+    s: _F64Array,
+    mean: _F64Array,
+    sd: _F64Array,
+    score: _F64Array,
+    *,
+    field: int,
+    row_fields: tuple[int, int, int, int],
+) -> bytes:
+    """The rows as protobuf wire bytes of the repeated message field ``field``.
+
+    ``row_fields`` are the row message's field numbers ``(parallelism, mean, sd,
+    score)``: an int32 and three doubles. The bytes equal protobuf's own serialization
+    of those messages. s holds whole numbers in [0, 2**31 - 1].
     """
 
 def normal_quantile(q: float) -> float:

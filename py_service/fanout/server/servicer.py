@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
+from fanout import _core
 from fanout.engine import Decision, Phase
 from fanout.engine.config import MAX_LOAD, MAX_SECONDS, MAX_SIZE, MIN_SECONDS, MIN_SIZE
 from fanout.server.advisor import Advisor, RecommendParams, Report, TaskRef, TaskView
@@ -170,18 +171,31 @@ def _task(view: TaskView) -> pb.Task:
     return message
 
 
+# Field numbers for `_core.encode_candidates`, read from the descriptors so that the
+# bytes follow the proto; tests check them against protobuf's own serialization.
+CANDIDATES_FIELD = pb.RecommendResponse.DESCRIPTOR.fields_by_name["candidates"].number
+_candidate_field = pb.Candidate.DESCRIPTOR.fields_by_name
+CANDIDATE_FIELDS = (
+    _candidate_field["parallelism"].number,
+    _candidate_field["mean_seconds"].number,
+    _candidate_field["sd_seconds"].number,
+    _candidate_field["score"].number,
+)
+
+
 def _add_candidates(response: pb.RecommendResponse, decision: Decision) -> None:
-    # `add` with keywords builds each row in place: half the time of a list of
-    # `pb.Candidate` messages copied in, on every Recommend.
-    add = response.candidates.add
-    for s, mean, sd, score in zip(
-        decision.candidate_s.tolist(),
-        decision.candidate_mean.tolist(),
-        decision.candidate_sd.tolist(),
-        decision.candidate_score.tolist(),
-        strict=True,
-    ):
-        add(parallelism=int(s), mean_seconds=mean, sd_seconds=sd, score=score)
+    # Wire bytes from the core, parsed by protobuf's C parser: a seventh of the time
+    # of building the 64 row messages from Python, on every Recommend.
+    response.MergeFromString(
+        _core.encode_candidates(
+            decision.candidate_s,
+            decision.candidate_mean,
+            decision.candidate_sd,
+            decision.candidate_score,
+            field=CANDIDATES_FIELD,
+            row_fields=CANDIDATE_FIELDS,
+        )
+    )
 
 
 # -- the servicer ---------------------------------------------------------------------
