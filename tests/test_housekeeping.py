@@ -1,14 +1,18 @@
-"""The lease purger: finished leases older than the retention go, nothing else does."""
+"""Background upkeep: the lease purger (finished leases older than the retention go,
+nothing else does) and SQLite's WAL checkpointer (requests' writes leave the copying
+back to it)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from fanout.server import housekeeping
-from fanout.server.housekeeping import LeasePurger
+from fanout.server.housekeeping import LeasePurger, WalCheckpointer
 from fanout.settings import parse_settings
 from fanout.storage import Registry
 
@@ -74,3 +78,84 @@ def test_lease_retention_setting() -> None:
     for bad in ("-1", "inf", "nan"):
         with pytest.raises(ValueError, match="lease_retention_hours"):
             parse_settings(["--lease-retention-hours", bad], {})
+
+
+# -- the WAL checkpointer (SQLite) ----------------------------------------------------
+
+# Enough leases that their WAL frames pass SQLite's own checkpoint threshold (1,000
+# pages) several times over: each lease writes three or more pages.
+LEASES_PAST_THRESHOLD = 1200
+
+
+def write_leases(registry: Registry, count: int) -> None:
+    """Leases written as `Recommend` writes them, one commit each."""
+    with registry.task_transaction(NS, "w/t", create_config={}) as tx:
+        task_id, version = tx.record.id, tx.record.version
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    for i in range(count):
+        lease = registry.open_lease_at_version(
+            task_id,
+            version,
+            f"lease-{i}",
+            parallelism=2,
+            cluster_load=0.0,
+            input_size=None,
+            expires_at=expires,
+        )
+        assert lease is not None
+
+
+def digest(path: Path) -> str:
+    """The database file's content (the WAL beside it not included)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sqlite_registry(path: Path, *, background_checkpoints: bool) -> Registry:
+    registry = Registry(f"sqlite:///{path}", background_checkpoints=background_checkpoints)
+    registry.ensure_schema(upgrade=True)
+    return registry
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
+def test_writes_checkpoint_only_when_nobody_else_does(tmp_path: Path, background: bool) -> None:
+    """The database file changes only when the WAL is copied into it: by the writes
+    themselves in SQLite's default, by `checkpoint` when it runs in the background."""
+    database = tmp_path / "registry.sqlite3"
+    registry = sqlite_registry(database, background_checkpoints=background)
+    try:
+        registry.checkpoint()
+        before = digest(database)
+        write_leases(registry, LEASES_PAST_THRESHOLD)
+        changed_by_writes = digest(database) != before
+        assert changed_by_writes is not background
+        registry.checkpoint()
+        assert digest(database) != before
+    finally:
+        registry.dispose()
+
+
+def test_the_checkpointer_runs_by_itself_and_stops(tmp_path: Path) -> None:
+    database = tmp_path / "registry.sqlite3"
+    registry = sqlite_registry(database, background_checkpoints=True)
+    checkpointer = WalCheckpointer(registry, interval_seconds=0.05)
+    try:
+        registry.checkpoint()
+        before = digest(database)
+        write_leases(registry, 50)
+        assert digest(database) == before
+        checkpointer.start()
+        deadline = time.monotonic() + 10
+        while digest(database) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert digest(database) != before
+    finally:
+        checkpointer.stop()
+        registry.dispose()
+    assert not checkpointer._thread.is_alive()
+
+
+def test_checkpoint_does_nothing_on_postgresql(registry: Registry) -> None:
+    """Harmless on either backend; PostgreSQL checkpoints by itself."""
+    write_leases(registry, 3)
+    registry.checkpoint()
+    assert registry.cluster_load() == 6

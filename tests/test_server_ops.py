@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fanout.server.app import RunningServer, make_server
+from fanout.server.housekeeping import WalCheckpointer
 from fanout.server.logs import JsonFormatter
 from fanout.settings import Settings, parse_settings
 from fanout.storage import Registry, StaleSchemaError
@@ -98,9 +99,24 @@ def test_startup_objects_are_frozen_out_of_garbage_collections(tmp_path: Path) -
 
 
 def test_the_registry_pools_a_connection_per_thread_that_uses_it(running: RunningServer) -> None:
+    """Handlers, the refit queue, the load read, the purger and the checkpointer."""
     registry = running.advisor.registry
-    assert registry.pool_size == Settings().max_workers + 3
+    assert registry.pool_size == Settings().max_workers + 4
     assert registry._engine.pool.size() == registry.pool_size  # type: ignore[attr-defined]
+
+
+def test_sqlite_checkpoints_run_beside_the_requests(running: RunningServer) -> None:
+    """On SQLite the server checkpoints the WAL from a thread of its own, and its
+    connections leave it to that thread until the WAL is ~40 MB; stopping ends it."""
+    registry = running.advisor.registry
+    assert registry.dialect == "sqlite"
+    [checkpointer] = [w for w in running.housekeeping if isinstance(w, WalCheckpointer)]
+    assert checkpointer._thread.is_alive()
+    with registry._engine.connect() as connection:
+        pages = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+    assert pages == 10_000
+    running.stop(grace=0)
+    assert not checkpointer._thread.is_alive()
 
 
 def test_metrics_are_exposed(running: RunningServer) -> None:

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from fanout.server.advisor import Advisor
 from fanout.server.auth import TokenStore, interceptors
 from fanout.server.fitting import InlineFitter, ProcessFitter
-from fanout.server.housekeeping import LeasePurger
+from fanout.server.housekeeping import LeasePurger, Periodic, WalCheckpointer
 from fanout.server.metrics import Metrics
 from fanout.server.servicer import AdvisorServicer
 from fanout.server.tls import ServerTls, bind
@@ -33,7 +33,7 @@ from fanout.v1 import advisor_pb2, advisor_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = advisor_pb2.DESCRIPTOR.services_by_name["AdvisorService"].full_name
-BACKGROUND_THREADS = 3
+BACKGROUND_THREADS = 4
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
@@ -54,7 +54,7 @@ class RunningServer:
     metrics_port: int | None
     tls: ServerTls | None = None
     tokens: TokenStore | None = None
-    purger: LeasePurger | None = None
+    housekeeping: tuple[Periodic, ...] = ()
 
     def reload(self) -> bool:
         """SIGHUP: re-read the TLS files and the token file; a bad file keeps the old one."""
@@ -72,8 +72,8 @@ class RunningServer:
         """Graceful stop: readiness goes NOT_SERVING, RPCs in flight drain, then stop."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        if self.purger is not None:
-            self.purger.stop()
+        for work in self.housekeeping:
+            work.stop()
         self.advisor.close()
         self.advisor.registry.dispose()
 
@@ -96,9 +96,14 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
     tokens = TokenStore.from_settings(settings)
     url = settings.database_url or default_database_url()
     # Every handler thread may hold a connection, and so may the refit queue, the
-    # cluster load's background read and the lease purger: with fewer pooled, a burst
-    # of 16 callers opened a new PostgreSQL connection for one request in ten.
-    registry = registry or Registry(url, pool_size=settings.max_workers + BACKGROUND_THREADS)
+    # cluster load's background read, the lease purger and the WAL checkpointer: with
+    # fewer pooled, a burst of 16 callers opened a new PostgreSQL connection for one
+    # request in ten.
+    registry = registry or Registry(
+        url,
+        pool_size=settings.max_workers + BACKGROUND_THREADS,
+        background_checkpoints=True,
+    )
     auto = (
         settings.auto_migrate if settings.auto_migrate is not None else registry.dialect == "sqlite"
     )
@@ -136,10 +141,14 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
     gc.collect()
     gc.freeze()
     server.start()
-    purger = None
+    housekeeping: list[Periodic] = []
     if settings.lease_retention_hours > 0:
-        purger = LeasePurger(registry, retention=timedelta(hours=settings.lease_retention_hours))
-        purger.start()
+        retention = timedelta(hours=settings.lease_retention_hours)
+        housekeeping.append(LeasePurger(registry, retention=retention))
+    if registry.dialect == "sqlite":
+        housekeeping.append(WalCheckpointer(registry))
+    for work in housekeeping:
+        work.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -152,7 +161,15 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
         },
     )
     return RunningServer(
-        server, port, advisor, health_servicer, metrics, metrics_port, tls, tokens, purger
+        server,
+        port,
+        advisor,
+        health_servicer,
+        metrics,
+        metrics_port,
+        tls,
+        tokens,
+        tuple(housekeeping),
     )
 
 

@@ -106,10 +106,13 @@ class Registry:
         connect_timeout: float = 5.0,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         pool_size: int = DEFAULT_POOL_SIZE,
+        background_checkpoints: bool = False,
     ) -> None:
         """`lock_timeout`: seconds to wait for a task's write lock before giving up;
         `pool_size`: connections kept open, best the number of threads using the
-        registry at once (more open and close a connection each time)."""
+        registry at once (more open and close a connection each time);
+        `background_checkpoints`: the owner calls `checkpoint` from a thread of its
+        own, so that SQLite's writes rarely copy the WAL back themselves."""
         self._url: URL = parse_database_url(url)
         check_number("connect_timeout", connect_timeout, minimum=0.0, inclusive=False)
         check_number("lock_timeout", lock_timeout, minimum=0.0, inclusive=False)
@@ -126,6 +129,7 @@ class Registry:
             connect_timeout=connect_timeout,
             lock_timeout=lock_timeout,
             pool_size=pool_size,
+            background_checkpoints=background_checkpoints,
         )
         self._lease_sql = _open_lease_at_version_sql(self.dialect)
         self._observation_insert = _observation_insert(self._insert)
@@ -259,6 +263,27 @@ class Registry:
         """`cluster_load` with the moment it next drops by itself (the first expiry)."""
         with self._session() as session:
             return _read_load(session, now)
+
+    def checkpoint(self) -> None:
+        """On SQLite, copies the write-ahead log back into the database file as far as
+        readers allow, without waiting for them or for writers; nothing on PostgreSQL.
+        """
+        if self.dialect != "sqlite":
+            return
+        with self._translate_errors():
+            # On the driver: SQLAlchemy would open a transaction, and a connection
+            # inside one cannot checkpoint.
+            connection = self._engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                try:
+                    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    cursor.close()
+            except self._engine.dialect.loaded_dbapi.Error as exc:
+                raise self._translate(exc) from exc
+            finally:
+                connection.close()
 
     def open_lease_at_version(
         self,
