@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -70,8 +71,9 @@ def test_bad_url_names_the_field(given: str, problem: str) -> None:
 
 @pytest.mark.parametrize("field", ["connect_timeout", "lock_timeout"])
 def test_timeouts_must_be_positive(tmp_path: Path, field: str) -> None:
+    timeouts: dict[str, Any] = {field: 0}
     with pytest.raises(InvalidFieldError) as caught:
-        Registry(f"sqlite:///{tmp_path / 'r.db'}", **{field: 0})
+        Registry(f"sqlite:///{tmp_path / 'r.db'}", **timeouts)
     assert caught.value.field == field
 
 
