@@ -99,9 +99,9 @@ def test_startup_objects_are_frozen_out_of_garbage_collections(tmp_path: Path) -
 
 
 def test_the_registry_pools_a_connection_per_thread_that_uses_it(running: RunningServer) -> None:
-    """Handlers, the refit queue, the load read, the purger and the checkpointer."""
+    """Handlers, the refit queue, the load read and the purger."""
     registry = running.advisor.registry
-    assert registry.pool_size == Settings().max_workers + 4
+    assert registry.pool_size == Settings().max_workers + 3
     assert registry._engine.pool.size() == registry.pool_size  # type: ignore[attr-defined]
 
 

@@ -33,7 +33,7 @@ from fanout.v1 import advisor_pb2, advisor_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = advisor_pb2.DESCRIPTOR.services_by_name["AdvisorService"].full_name
-BACKGROUND_THREADS = 4
+BACKGROUND_THREADS = 3
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
@@ -96,9 +96,9 @@ def make_server(settings: Settings, *, registry: Registry | None = None) -> Runn
     tokens = TokenStore.from_settings(settings)
     url = settings.database_url or default_database_url()
     # Every handler thread may hold a connection, and so may the refit queue, the
-    # cluster load's background read, the lease purger and the WAL checkpointer: with
-    # fewer pooled, a burst of 16 callers opened a new PostgreSQL connection for one
-    # request in ten.
+    # cluster load's background read and the lease purger: with fewer pooled, a burst
+    # of 16 callers opened a new PostgreSQL connection for one request in ten. (SQLite's
+    # WAL checkpointer is one more, but an extra SQLite connection costs next to nothing.)
     registry = registry or Registry(
         url,
         pool_size=settings.max_workers + BACKGROUND_THREADS,
