@@ -5,6 +5,8 @@ back to it)."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from fanout.server import housekeeping
 from fanout.server.housekeeping import LeasePurger, WalCheckpointer
 from fanout.settings import parse_settings
-from fanout.storage import Registry
+from fanout.storage import Registry, RegistryError
 
 NS = "default"
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -159,3 +161,33 @@ def test_checkpoint_does_nothing_on_postgresql(registry: Registry) -> None:
     write_leases(registry, 3)
     registry.checkpoint()
     assert registry.cluster_load() == 6
+
+
+def test_an_outage_is_logged_once_and_the_recovery_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpointer runs every second: a registry that fails for a while gets one
+    warning, not one a second, and a line when the work runs again."""
+    registry = sqlite_registry(tmp_path / "registry.sqlite3", background_checkpoints=True)
+    failures = iter([RegistryError("disk full")] * 5)
+    ran = threading.Event()
+
+    def flaky_checkpoint() -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        ran.set()
+
+    registry.checkpoint = flaky_checkpoint  # type: ignore[method-assign]
+    checkpointer = WalCheckpointer(registry, interval_seconds=0.01)
+    with caplog.at_level(logging.INFO, logger=housekeeping.__name__):
+        checkpointer.start()
+        try:
+            assert ran.wait(10)
+        finally:
+            checkpointer.stop()
+            registry.dispose()
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0] == "wal-checkpointer skipped until the registry answers: disk full"
+    assert messages.count(messages[0]) == 1
+    assert "wal-checkpointer running again" in messages

@@ -51,13 +51,22 @@ class Periodic:
     def _run(self) -> None:
         # First run one interval after the start: a fleet restarting together does not
         # hit the registry at once, and start-up stays quick.
+        failing = ""
         while not self._stopping.wait(self._interval):
             try:
                 self.run_once()
             except RegistryError as exc:
-                log.warning("%s skipped, next try in %.0f s: %s", self.name, self._interval, exc)
+                # Once per outage, not once a second for the checkpointer.
+                if str(exc) != failing:
+                    log.warning("%s skipped until the registry answers: %s", self.name, exc)
+                failing = str(exc)
+                continue
             except Exception:
                 log.exception("%s failed; next try in %.0f s", self.name, self._interval)
+                continue
+            if failing:
+                log.info("%s running again", self.name)
+                failing = ""
 
 
 class LeasePurger(Periodic):
