@@ -217,6 +217,13 @@ BAD_REQUESTS: list[tuple[str, str, Any, str, grpc.StatusCode]] = [
     ),
     (
         "Recommend",
+        "control character",
+        pb.RecommendRequest(task=pb.TaskRef(namespace=NS, workflow="w", task="t\x1bx")),
+        "task.task",
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    (
+        "Recommend",
         "NaN size",
         pb.RecommendRequest(task=ref(), input_size=math.nan),
         "input_size",

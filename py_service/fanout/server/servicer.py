@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 253  # a Kubernetes object name's limit, so any namespace or workflow fits
 MAX_PAGE_SIZE = 1000
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 DEFAULT_PAGE_SIZE = 100
 
 PHASES = {
@@ -50,7 +52,7 @@ def _name(field: str, value: str) -> str:
         raise FieldError(field, "must not be empty")
     if len(value) > NAME_MAX:
         raise FieldError(field, f"must be at most {NAME_MAX} characters, got {len(value)}")
-    if any(ord(ch) < 32 for ch in value):
+    if _CONTROL_CHARACTER.search(value):
         raise FieldError(field, "must not contain control characters")
     return value
 
