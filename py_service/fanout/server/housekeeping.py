@@ -21,8 +21,6 @@ log = logging.getLogger(__name__)
 
 PURGE_INTERVAL_SECONDS = 600.0
 PURGE_BATCH = 1000
-
-
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 253  # a Kubernetes object name's limit, so any namespace or workflow fits
 MAX_PAGE_SIZE = 1000
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 DEFAULT_PAGE_SIZE = 100
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 
 PHASES = {
     Phase.BASELINE: pb.PHASE_BASELINE,
