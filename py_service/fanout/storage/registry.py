@@ -270,20 +270,10 @@ class Registry:
         """
         if self.dialect != "sqlite":
             return
-        with self._translate_errors():
-            # On the driver: SQLAlchemy would open a transaction, and a connection
-            # inside one cannot checkpoint.
-            connection = self._engine.raw_connection()
-            try:
-                cursor = connection.cursor()
-                try:
-                    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                finally:
-                    cursor.close()
-            except self._engine.dialect.loaded_dbapi.Error as exc:
-                raise self._translate(exc) from exc
-            finally:
-                connection.close()
+        # On the driver: SQLAlchemy would open a transaction, and a connection inside
+        # one cannot checkpoint.
+        statement = "PRAGMA wal_checkpoint(PASSIVE)"
+        self._on_driver(statement, {}, lambda cursor, _info: cursor.execute(statement))
 
     def open_lease_at_version(
         self,
