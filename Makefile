@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 RUST_SRC := $(shell find core_rs/src -name '*.rs' 2>/dev/null)
 PY_META := pyproject.toml Cargo.toml core_rs/Cargo.toml $(wildcard clients/python/pyproject.toml)
 
-.PHONY: help install lint fmt test test-rust test-py bench demo results protos postgres soak clean
+.PHONY: help install lint fmt test test-rust test-py bench bench-budget demo results protos postgres soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ test: lint test-rust test-py ## lint, then the cargo and pytest suites
 
 bench: $(STAMP) ## benchmarks: a table, then one JSON line of named figures per suite
 	$(PY) benchmarks/run.py
+
+bench-budget: $(STAMP) ## how much handler work the service targets leave room for (about 40 s)
+	$(PY) benchmarks/budget.py
 
 demo: $(STAMP) ## install, then replay the genome workflow through a live server
 	$(PY) -m fanout.demo
