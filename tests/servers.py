@@ -1,17 +1,24 @@
-"""Running `fanout serve` as a real child process, for restart and multi-server tests."""
+"""Running `fanout serve` as a real child process, and calling servers from many threads,
+for restart and multi-server tests."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+_Job = TypeVar("_Job")
 
 
 def free_port() -> int:
@@ -90,3 +97,32 @@ class ServerProcess:
             ) from None
         finally:
             self._log.close()
+
+
+def drain(jobs: list[_Job], threads: int, handle: Callable[[_Job, random.Random], None]) -> None:
+    """Handles every job from `threads` threads at once, each with a `Random` seeded by
+    its index; a thread stops at its first failure, and the first three failures are
+    raised once all threads have stopped."""
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        local = random.Random(index)
+        while True:
+            with lock:
+                if not jobs:
+                    return
+                job = jobs.pop()
+            try:
+                handle(job, local)
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                return
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors, errors[:3]

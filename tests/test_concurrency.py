@@ -17,7 +17,7 @@ from fanout.engine import Observation, TaskModel
 from fanout.storage import Registry
 from fanout.v1 import advisor_pb2 as pb
 from fanout.v1 import advisor_pb2_grpc
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, drain
 
 T = TypeVar("T")
 NS = "load-test"
@@ -112,53 +112,37 @@ def test_three_servers_sixteen_clients(servers: list[ServerProcess], postgres_ur
     lock = threading.Lock()
     acknowledged: dict[str, int] = {}
     recommendations: dict[str, bool] = {}  # lease id -> its report was applied
-    errors: list[BaseException] = []
 
-    def worker(index: int) -> None:
-        local = random.Random(index)
-        while True:
-            with lock:
-                if not jobs:
-                    return
-                task, execution_id, ask_first = jobs.pop()
-            stub = stubs[local.randrange(len(stubs))]
-            try:
-                if ask_first:
-                    rec = retrying(
-                        stub.Recommend, pb.RecommendRequest(task=ref(task), cluster_load=0.0)
-                    )
-                    target: dict[str, Any] = {"recommendation_id": rec.recommendation_id}
-                    s = rec.parallelism
-                else:
-                    s = local.choice([1, 2, 4, 8])
-                    target = {"run": pb.TaskRun(task=ref(task), parallelism=s)}
-                answer = retrying(
-                    stub.ReportExecution,
-                    pb.ReportExecutionRequest(
-                        execution_id=execution_id,
-                        duration_seconds=true_seconds(task, s, local),
-                        outcome=pb.OUTCOME_SUCCEEDED,
-                        **target,
-                    ),
-                )
-                applied = answer.status == pb.REPORT_STATUS_APPLIED
-                with lock:
-                    acknowledged[execution_id] = acknowledged.get(execution_id, 0) + applied
-                    if "recommendation_id" in target:
-                        recommendations[target["recommendation_id"]] = applied
-            except BaseException as exc:
-                with lock:
-                    errors.append(exc)
-                return
+    def handle(job: tuple[int, str, bool], local: random.Random) -> None:
+        task, execution_id, ask_first = job
+        stub = stubs[local.randrange(len(stubs))]
+        if ask_first:
+            rec = retrying(stub.Recommend, pb.RecommendRequest(task=ref(task), cluster_load=0.0))
+            target: dict[str, Any] = {"recommendation_id": rec.recommendation_id}
+            s = rec.parallelism
+        else:
+            s = local.choice([1, 2, 4, 8])
+            target = {"run": pb.TaskRun(task=ref(task), parallelism=s)}
+        answer = retrying(
+            stub.ReportExecution,
+            pb.ReportExecutionRequest(
+                execution_id=execution_id,
+                duration_seconds=true_seconds(task, s, local),
+                outcome=pb.OUTCOME_SUCCEEDED,
+                **target,
+            ),
+        )
+        applied = answer.status == pb.REPORT_STATUS_APPLIED
+        with lock:
+            acknowledged[execution_id] = acknowledged.get(execution_id, 0) + applied
+            if "recommendation_id" in target:
+                recommendations[target["recommendation_id"]] = applied
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for channel in channels:
-        channel.close()
-    assert not errors, errors[:3]
+    try:
+        drain(jobs, 16, handle)
+    finally:
+        for channel in channels:
+            channel.close()
     # Each distinct execution was applied exactly once, however often it was reported.
     assert len(acknowledged) == 1800
     assert set(acknowledged.values()) == {1}

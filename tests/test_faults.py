@@ -27,7 +27,7 @@ from fanout.v1 import advisor_pb2_grpc
 from fanout_client import Advisor, FanoutError, Recommendation
 from tests.faults_audit import ExecutionKey, audit, replay_mismatch, tasks_of
 from tests.postgres import PostgresServer
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, drain
 from tests.test_concurrency import NS, settled, true_seconds
 
 TASKS = 4
@@ -365,57 +365,43 @@ def test_two_servers_racing_on_one_task(
     applied: dict[str, int] = {}
     recommendations: list[str] = []
     repeats: list[str] = []
-    errors: list[BaseException] = []
     lock = threading.Lock()
 
-    def worker(index: int) -> None:
-        local = random.Random(index)
-        while True:
+    def handle(job: tuple[str, bool], local: random.Random) -> None:
+        execution_id, ask_first = job
+        stub = stubs[local.randrange(len(stubs))]
+        if ask_first:
+            rec = stub.Recommend(pb.RecommendRequest(task=ref(0), cluster_load=0.0))
             with lock:
-                if not jobs:
-                    return
-                execution_id, ask_first = jobs.pop()
-            stub = stubs[local.randrange(len(stubs))]
-            try:
-                if ask_first:
-                    rec = stub.Recommend(pb.RecommendRequest(task=ref(0), cluster_load=0.0))
-                    with lock:
-                        recommendations.append(rec.recommendation_id)
-                    s = rec.parallelism
-                    target: dict[str, object] = {"recommendation_id": rec.recommendation_id}
-                else:
-                    s = local.choice([1, 2, 4, 8])
-                    target = {"run": pb.TaskRun(task=ref(0), parallelism=s)}
-                report = pb.ReportExecutionRequest(
-                    execution_id=execution_id,
-                    duration_seconds=true_seconds(0, s, local),
-                    outcome=pb.OUTCOME_SUCCEEDED,
-                    **target,  # type: ignore[arg-type]
-                )
-                # The other server reports: the two share nothing but the database.
-                answers = [stubs[(stubs.index(stub) + 1) % 2].ReportExecution(report)]
-                if local.random() < 0.2:
-                    # A retried exit hook: the same report again, to either server.
-                    answers.append(stubs[local.randrange(2)].ReportExecution(report))
-                    with lock:
-                        repeats.append(execution_id)
-                with lock:
-                    applied[execution_id] = applied.get(execution_id, 0) + sum(
-                        answer.status == pb.REPORT_STATUS_APPLIED for answer in answers
-                    )
-            except BaseException as exc:
-                with lock:
-                    errors.append(exc)
-                return
+                recommendations.append(rec.recommendation_id)
+            s = rec.parallelism
+            target: dict[str, object] = {"recommendation_id": rec.recommendation_id}
+        else:
+            s = local.choice([1, 2, 4, 8])
+            target = {"run": pb.TaskRun(task=ref(0), parallelism=s)}
+        report = pb.ReportExecutionRequest(
+            execution_id=execution_id,
+            duration_seconds=true_seconds(0, s, local),
+            outcome=pb.OUTCOME_SUCCEEDED,
+            **target,  # type: ignore[arg-type]
+        )
+        # The other server reports: the two share nothing but the database.
+        answers = [stubs[(stubs.index(stub) + 1) % 2].ReportExecution(report)]
+        if local.random() < 0.2:
+            # A retried exit hook: the same report again, to either server.
+            answers.append(stubs[local.randrange(2)].ReportExecution(report))
+            with lock:
+                repeats.append(execution_id)
+        with lock:
+            applied[execution_id] = applied.get(execution_id, 0) + sum(
+                answer.status == pb.REPORT_STATUS_APPLIED for answer in answers
+            )
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for channel in channels:
-        channel.close()
-    assert not errors, errors[:3]
+    try:
+        drain(jobs, 6, handle)
+    finally:
+        for channel in channels:
+            channel.close()
     assert repeats, "no report was repeated"
     # Each run applied exactly once, however often and wherever it was reported.
     assert len(applied) == 60 and set(applied.values()) == {1}
